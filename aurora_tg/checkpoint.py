@@ -1,0 +1,61 @@
+"""Checkpoints: one safetensors file holding model weights, optimizer state and a JSON record of the run."""
+import json, os
+from pathlib import Path
+from tinygrad import Tensor
+from tinygrad.nn.state import safe_save, safe_load, safe_load_metadata, get_state_dict
+from aurora_tg import UserError
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+
+
+def optimizer_state(optimizer, params: list[Tensor]) -> dict[str, Tensor]:
+  """The optimizer's own tensors (moments, step counters, learning rate), without the model weights it points at."""
+  param_ids = {id(p) for p in params}
+  return {k: v for k, v in get_state_dict(optimizer).items() if id(v) not in param_ids}
+
+
+def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[str, Tensor], record: dict) -> Path:
+  """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+  path = Path(run_dir) / CHECKPOINT_NAME
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tensors = {f"model.{k}": v for k, v in model_state.items()} | {f"optim.{k}": v for k, v in optim_state.items()}
+  tmp = path.with_name(path.name + ".tmp")
+  safe_save({k: v.realize() for k, v in tensors.items()}, str(tmp), metadata={"aurora": json.dumps(record)})
+  os.replace(tmp, path)
+  return path
+
+
+def resolve(path: str | Path) -> Path:
+  """Accept a run folder or a checkpoint file."""
+  p = Path(path)
+  return p / CHECKPOINT_NAME if p.is_dir() else p
+
+
+def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+  """-> (model tensors, optimizer tensors, run record). Tensors stay on disk until copied into the model."""
+  p = resolve(path)
+  if not p.is_file(): raise UserError(f"no checkpoint at {path}")
+  try:
+    _, _, header = safe_load_metadata(str(p))
+    record = json.loads(header["__metadata__"]["aurora"])
+    tensors = safe_load(str(p))
+    if p.stat().st_size < max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
+      raise ValueError("file is truncated")
+  except Exception as e:
+    raise UserError(f"checkpoint {p} is corrupt or not an Aurora checkpoint ({type(e).__name__}: {e})") from None
+  model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+  optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
+  return model, optim, record
+
+
+def copy_into(targets: dict[str, Tensor], saved: dict[str, Tensor], what: str):
+  """Assign saved tensors into live ones (same names and shapes), on the live tensors' devices."""
+  missing, extra = targets.keys() - saved.keys(), saved.keys() - targets.keys()
+  if missing or extra:
+    raise UserError(f"{what} in the checkpoint does not match: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
+  for name, t in targets.items():
+    if saved[name].shape != t.shape:
+      raise UserError(f"{what} tensor {name} has shape {saved[name].shape} in the checkpoint, {t.shape} here")
+    t.assign(saved[name].to(t.device).cast(t.dtype))
+  Tensor.realize(*targets.values())

@@ -1,0 +1,111 @@
+"""What `python train.py` does: assemble tokenizer, data, model and optimizer from the arguments, train, report."""
+import time
+from dataclasses import replace
+from pathlib import Path
+from tinygrad import Tensor
+from tinygrad.nn.state import get_state_dict
+from aurora_tg import UserError, checkpoint, devices
+from aurora_tg.data import read_texts, tokenize_cached, TokenData
+from aurora_tg.generate import WindowSampler
+from aurora_tg.model import GPT, GPTConfig, PRESETS, num_params
+from aurora_tg.tokenizer import Tokenizer, gpt2, train_bpe
+from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer, NonFiniteLoss
+
+# Per-preset training defaults. "small" is the default run: a few minutes on a 2-core CPU.
+TRAINING_DEFAULTS = {
+  "tiny":   dict(steps=200, batch_size=16, lr=3e-3, eval_every=50),
+  "small":  dict(steps=250, batch_size=16, lr=3e-3, eval_every=50),
+  "medium": dict(steps=2000, batch_size=32, lr=1.5e-3, eval_every=200),
+  "gpt2":   dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, eval_every=250, warmup=300),
+}
+ARCH_FLAGS = ("norm", "pos", "mlp")
+
+
+def model_config(args, vocab_size: int) -> GPTConfig:
+  if args.size not in PRESETS: raise UserError(f"unknown size {args.size!r}; presets: {', '.join(PRESETS)}")
+  shape = {k: v for k, v in PRESETS[args.size].items() if k != "vocab_size"}
+  arch = {k: getattr(args, k) for k in ARCH_FLAGS if getattr(args, k) is not None}
+  try: return GPTConfig(**shape, **arch, vocab_size=vocab_size)
+  except ValueError as e: raise UserError(f"impossible model: {e}") from None
+
+
+def train_settings(args) -> TrainSettings:
+  preset = TRAINING_DEFAULTS.get(args.size, TRAINING_DEFAULTS["gpt2"])
+  given = {k: getattr(args, k) for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every") if getattr(args, k) is not None}
+  s = replace(TrainSettings(), **{**preset, **given}, seed=args.seed)
+  for name in ("steps", "batch_size", "grad_accum", "eval_every"):
+    if getattr(s, name) < 1: raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+  if s.lr <= 0: raise UserError(f"--lr must be positive, got {s.lr}")
+  return replace(s, warmup=min(s.warmup, max(1, s.steps // 10)))
+
+
+def make_tokenizer(args, texts: list[str]) -> Tokenizer:
+  kind = args.tokenizer or ("bpe" if "vocab_size" in PRESETS.get(args.size, {}) else "gpt2")
+  if kind == "gpt2": return gpt2()
+  vocab = PRESETS.get(args.size, {}).get("vocab_size", 8192)
+  print(f"training a {vocab}-token BPE on the data...")
+  return train_bpe(texts, vocab)
+
+
+def check_resume_matches(args, record: dict):
+  """Flags given on the command line must agree with the run being resumed."""
+  saved = record["args"]
+  for name in ("size", "tokenizer", "data", *ARCH_FLAGS):
+    value = getattr(args, name)
+    if value is not None and value != saved.get(name):
+      raise UserError(f"--{name} {value} does not match the run being resumed ({saved.get(name)}); drop it or use a new --out")
+
+
+def train(args) -> int:
+  device = devices.select_device(args.device)
+  run_dir = Path(args.out or f"runs/{args.size}")
+  ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
+  resumed = None
+  if args.resume:
+    if not ckpt_path.exists(): raise UserError(f"nothing to resume: {ckpt_path} does not exist")
+    resumed = checkpoint.load(ckpt_path)
+    check_resume_matches(args, resumed[2])
+    saved = resumed[2]["args"]
+    for name in ("size", "data", "tokenizer", *ARCH_FLAGS): setattr(args, name, saved.get(name))
+  elif ckpt_path.exists():
+    raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or --out for a new run")
+
+  texts = read_texts(args.data)
+  tokenizer = Tokenizer.load(str(run_dir / checkpoint.TOKENIZER_NAME)) if resumed else make_tokenizer(args, texts)
+  cfg, settings = model_config(args, tokenizer.n_vocab), train_settings(args)
+  if resumed and cfg.to_dict() != resumed[2]["config"]:
+    raise UserError(f"the model config differs from the checkpoint's ({resumed[2]['config']})")
+  data = TokenData(tokenize_cached(texts, tokenizer), cfg.block_size)
+
+  Tensor.manual_seed(args.seed)
+  model = GPT(cfg)
+  trainer = Trainer(model, data, settings, build_optimizer(model, settings))
+  if resumed:
+    checkpoint.copy_into(get_state_dict(model), resumed[0], "model weights")
+    trainer.restore(resumed[1], resumed[2])
+  run_dir.mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(run_dir / checkpoint.TOKENIZER_NAME))
+  record = {"config": cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": "pretrain",
+            "args": {k: getattr(args, k) for k in ("size", "data", "tokenizer", *ARCH_FLAGS)}}
+
+  print(f"device {device} | model {args.size}: {num_params(model) / 1e6:.2f}M parameters, vocabulary {cfg.vocab_size} | "
+        f"data: {len(data.train):,} train / {len(data.val):,} val tokens | "
+        f"{settings.steps} steps of {settings.batch_size * settings.grad_accum * cfg.block_size:,} tokens"
+        + (f" | resuming at step {trainer.step}" if resumed else ""))
+  start = time.perf_counter()
+  try: outcome = trainer.run(run_dir, record)
+  except NonFiniteLoss as e:
+    print(f"error: {e}; stopped, the last good checkpoint is kept in {run_dir}")
+    return 1
+  if outcome == "interrupted":
+    print(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume --out {run_dir}")
+    return 130
+  print(f"trained in {time.perf_counter() - start:.0f}s | checkpoint: {ckpt_path}")
+  print_sample(model, tokenizer, args.seed)
+  return 0
+
+
+def print_sample(model: GPT, tokenizer: Tokenizer, seed: int):
+  prompt = "The"
+  ids = WindowSampler(model).generate(tokenizer.encode(prompt), 60, seed=seed, stop={tokenizer.eot})
+  print(f"sample: {prompt}{tokenizer.decode(ids)}")
