@@ -10,7 +10,7 @@ def parse_args(argv=None):
   p.add_argument("--data", help="a text file, a folder of .txt/.md files, or a .jsonl with a 'text' field "
                                 "(default: Python's bundled documentation)")
   p.add_argument("--out", help="run folder for checkpoint, tokenizer and metrics (default: runs/<size>)")
-  p.add_argument("--size", default="small", help="model preset: tiny, small, medium, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
+  p.add_argument("--size", help="model preset: tiny, small (default), medium, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
   p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
   p.add_argument("--batch-size", type=int, help="sequences per micro-batch")
   p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")

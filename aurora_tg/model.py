@@ -43,11 +43,15 @@ class GPTConfig:
     return cls(**{k: v for k, v in d.items() if k in known})
 
 
+# Targets with this value add nothing to the loss (PyTorch's convention). Not -1: tinygrad's cross-entropy
+# still counts -1 targets in the mean's denominator.
+IGNORE_INDEX = -100
+
 # Named sizes so nobody hand-sets widths. The small ones use an own BPE vocabulary: the LM head and embedding
 # dominate a small model's FLOPs, so a 2k vocabulary trains several times faster on a CPU than GPT-2's 50k.
 PRESETS: dict[str, dict] = {
   "tiny":   dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
-  "small":  dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048),
+  "small":  dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=1024),
   "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192),
   "gpt2":   dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
   "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),
@@ -164,8 +168,8 @@ class GPT:
     return self.ln_f(x) @ self.wte.weight.T
 
   def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
-    """Mean cross-entropy over targets; positions whose target is -1 are ignored."""
-    return self(idx).sparse_categorical_crossentropy(targets, ignore_index=-1)
+    """Mean cross-entropy over the targets that are not IGNORE_INDEX."""
+    return self(idx).sparse_categorical_crossentropy(targets, ignore_index=IGNORE_INDEX)
 
 
 def num_params(model: GPT) -> int:

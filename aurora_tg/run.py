@@ -19,6 +19,7 @@ TRAINING_DEFAULTS = {
   "gpt2":   dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, eval_every=250, warmup=300),
 }
 ARCH_FLAGS = ("norm", "pos", "mlp")
+DEFAULT_SIZE = "small"
 
 
 def model_config(args, vocab_size: int) -> GPTConfig:
@@ -58,7 +59,7 @@ def check_resume_matches(args, record: dict):
 
 def train(args) -> int:
   device = devices.select_device(args.device)
-  run_dir = Path(args.out or f"runs/{args.size}")
+  run_dir = Path(args.out or f"runs/{args.size or DEFAULT_SIZE}")
   ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
   resumed = None
   if args.resume:
@@ -69,6 +70,7 @@ def train(args) -> int:
     for name in ("size", "data", "tokenizer", *ARCH_FLAGS): setattr(args, name, saved.get(name))
   elif ckpt_path.exists():
     raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or --out for a new run")
+  else: args.size = args.size or DEFAULT_SIZE
 
   texts = read_texts(args.data)
   tokenizer = Tokenizer.load(str(run_dir / checkpoint.TOKENIZER_NAME)) if resumed else make_tokenizer(args, texts)

@@ -1,0 +1,48 @@
+import pytest
+from aurora_tg import UserError
+from aurora_tg.tokenizer import Tokenizer, gpt2, train_bpe, SPECIAL_TOKENS
+from conftest import sample_text
+
+UNICODE = "Grüße, 世界! naïve café — emoji 🙂🚀, math ∑x², tabs\tand\nnewlines  "
+
+
+def test_gpt2_round_trips_unicode():
+  tok = gpt2()
+  assert tok.decode(tok.encode(UNICODE)) == UNICODE
+  assert tok.encode("Hello world") == [15496, 995]  # GPT-2's published ids
+  assert tok.eot == 50256
+
+
+def test_gpt2_chat_tokens_extend_the_vocabulary():
+  tok = gpt2()
+  ids = [tok.special(t) for t in SPECIAL_TOKENS[1:]]
+  assert ids == list(range(50257, 50257 + len(ids))) and tok.n_vocab == 50257 + len(ids)
+
+
+def test_trained_bpe_round_trips_and_reloads(tmp_path):
+  tok = train_bpe([sample_text(3000)], 300)
+  assert tok.n_vocab == 300
+  assert tok.decode(tok.encode(UNICODE)) == UNICODE
+  text = sample_text(50, seed=5)
+  assert len(tok.encode(text)) < len(text.encode()) / 2  # merges learned from the corpus compress it
+  tok.save(str(tmp_path / "tokenizer.json"))
+  again = Tokenizer.load(str(tmp_path / "tokenizer.json"))
+  assert again.encode(text) == tok.encode(text) and again.fingerprint() == tok.fingerprint()
+  assert again.special("<|assistant|>") == tok.special("<|assistant|>")
+
+
+def test_special_token_text_in_data_stays_plain_text():
+  tok = train_bpe([sample_text(1000)], 300)
+  ids = tok.encode("<|endoftext|>")
+  assert tok.eot not in ids and tok.decode(ids) == "<|endoftext|>"
+
+
+def test_too_small_vocabulary_is_a_user_error():
+  with pytest.raises(UserError, match="too small"):
+    train_bpe(["abc"], 100)
+
+
+def test_unreadable_tokenizer_file(tmp_path):
+  (tmp_path / "t.json").write_text("{not json")
+  with pytest.raises(UserError, match="cannot read tokenizer"):
+    Tokenizer.load(str(tmp_path / "t.json"))

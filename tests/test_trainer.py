@@ -1,0 +1,110 @@
+import math
+import numpy as np
+import pytest
+from tinygrad import Tensor
+from tinygrad.nn.state import get_state_dict
+from aurora_tg import checkpoint
+from aurora_tg.data import TokenData
+from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer, lr_multiplier
+from conftest import TEST_SHAPE
+
+SETTINGS = TrainSettings(steps=6, batch_size=4, lr=1e-2, warmup=2, eval_every=3, eval_batches=2, log_every=3, seed=7)
+
+
+def structured_tokens(n=6000, seed=0) -> np.ndarray:
+  """A learnable stream: mostly t+1 after t, with some noise."""
+  rng = np.random.default_rng(seed)
+  t = np.cumsum(rng.choice([1, 1, 1, 2], size=n)) % TEST_SHAPE["vocab_size"]
+  return t.astype(np.uint16)
+
+
+def make_trainer(settings=SETTINGS, seed=0) -> Trainer:
+  Tensor.manual_seed(seed)
+  model = GPT(GPTConfig(**TEST_SHAPE))
+  data = TokenData(structured_tokens(), TEST_SHAPE["block_size"])
+  return Trainer(model, data, settings, build_optimizer(model, settings))
+
+
+def weights(trainer: Trainer) -> dict[str, np.ndarray]:
+  return {k: v.numpy() for k, v in get_state_dict(trainer.model).items()}
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor():
+  s = TrainSettings(steps=100, warmup=10, min_lr_frac=0.1)
+  mults = [lr_multiplier(i, s) for i in range(100)]
+  assert mults[0] == pytest.approx(0.1) and mults[9] == pytest.approx(1.0)
+  assert all(a >= b for a, b in zip(mults[10:], mults[11:]))
+  assert lr_multiplier(100, s) == pytest.approx(0.1)
+
+
+def test_training_lowers_validation_loss(tmp_path):
+  trainer = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "steps": 30, "eval_every": 30}))
+  before = trainer.evaluate()
+  assert trainer.run(tmp_path, {"test": True}, log=lambda _: None) == "done"
+  assert trainer.last_val_loss < 0.7 * before
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert '"val_loss"' in lines[0] and '"tokens_per_s"' in lines[1]
+
+
+def test_gradient_accumulation_matches_one_big_batch():
+  """Two micro-batches of 4 give the same step as one batch of 8 holding the same sequences."""
+  big = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "batch_size": 8}))
+  accum = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "batch_size": 4, "grad_accum": 2}))
+  x, y = big.data.batch(np.random.default_rng(0), 8)
+  batches = iter([(x, y), (x[:4], y[:4]), (x[4:], y[4:])])
+  for t in (big, accum): t.data.batch = lambda rng, n, split="train": next(batches)
+  big.train_step(); accum.train_step()
+  for k, w in weights(big).items(): np.testing.assert_allclose(weights(accum)[k], w, atol=1e-5, err_msg=k)
+
+
+def test_checkpoint_round_trip_is_bit_exact(tmp_path):
+  a = make_trainer()
+  a.train_step()
+  a.save(tmp_path, {"config": a.model.cfg.to_dict()})
+  model_state, optim_state, record = checkpoint.load(tmp_path)
+  b = make_trainer(seed=99)
+  checkpoint.copy_into(get_state_dict(b.model), model_state, "weights")
+  b.restore(optim_state, record)
+  for k, w in weights(a).items(): assert np.array_equal(weights(b)[k], w), k
+  opt_a, opt_b = (checkpoint.optimizer_state(t.optimizer, t.params) for t in (a, b))
+  for k in opt_a: assert np.array_equal(opt_a[k].numpy(), opt_b[k].numpy()), k
+  assert b.step == 1 and record["config"] == a.model.cfg.to_dict()
+
+
+def test_resume_continues_as_if_never_stopped(tmp_path):
+  straight = make_trainer()
+  straight_losses = [straight.train_step()[0] for _ in range(6)]
+  first = make_trainer()
+  losses = [first.train_step()[0] for _ in range(3)]
+  first.save(tmp_path, {})
+  second = make_trainer(seed=123)  # different init: everything must come from the checkpoint
+  model_state, optim_state, record = checkpoint.load(tmp_path)
+  checkpoint.copy_into(get_state_dict(second.model), model_state, "weights")
+  second.restore(optim_state, record)
+  losses += [second.train_step()[0] for _ in range(3)]
+  np.testing.assert_allclose(losses, straight_losses, atol=1e-5)
+  for k, w in weights(straight).items(): np.testing.assert_allclose(weights(second)[k], w, atol=1e-5, err_msg=k)
+
+
+def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
+  trainer = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "steps": 3, "eval_every": 1}))
+  trainer.run(tmp_path, {}, log=lambda _: None)
+  saved = (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes()
+  trainer.s = TrainSettings(**{**trainer.s.__dict__, "steps": 6})
+  trainer.params[0].assign(trainer.params[0] * float("nan")).realize()
+  from aurora_tg.trainer import NonFiniteLoss
+  with pytest.raises(NonFiniteLoss):
+    trainer.run(tmp_path, {}, log=lambda _: None)
+  assert (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes() == saved
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupt_checkpoint_is_a_user_error(tmp_path, damage):
+  from aurora_tg import UserError
+  trainer = make_trainer()
+  path = trainer.save(tmp_path, {})
+  data = path.read_bytes()
+  path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+  with pytest.raises(UserError, match="corrupt"):
+    checkpoint.load(path)
