@@ -14,7 +14,7 @@ from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer, NonFinite
 # Per-preset training defaults. "small" is the default run: a few minutes on a 2-core CPU.
 TRAINING_DEFAULTS = {
   "tiny":   dict(steps=200, batch_size=16, lr=3e-3, eval_every=50),
-  "small":  dict(steps=250, batch_size=16, lr=3e-3, eval_every=50),
+  "small":  dict(steps=500, batch_size=16, lr=3e-3, eval_every=100),
   "medium": dict(steps=2000, batch_size=32, lr=1.5e-3, eval_every=200),
   "gpt2":   dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, eval_every=250, warmup=300),
 }

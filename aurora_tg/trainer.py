@@ -107,7 +107,7 @@ class Trainer:
     self.step, self.rng.bit_generator.state = record["step"], record["rng"]
 
   # ----- the loop -----
-  def run(self, run_dir: Path, record: dict, log=print) -> str:
+  def run(self, run_dir: Path, record: dict, log=lambda line: print(line, flush=True)) -> str:
     """Train to s.steps, evaluating, logging and checkpointing; Ctrl-C saves and returns 'interrupted'."""
     stop = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # finish the step, then save
