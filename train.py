@@ -33,6 +33,9 @@ def main(argv=None) -> int:
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # before training starts (tokenizing, compiling): nothing to save yet
+    print("interrupted before training started; nothing was saved", file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

@@ -117,11 +117,16 @@ class Attention:
     self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, cfg.bias)
     self.c_proj = Linear(cfg.n_embd, cfg.n_embd, cfg.bias, std=proj_std)
 
-  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
+  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: Tensor | None = None, start_pos=0) -> Tensor:
+    """With a KV cache (2, B, H, block_size, D), x holds the tokens at start_pos.. and attends to all before them."""
     B, T, C = x.shape
     q, k, v = [t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=-1)]
     if rope is not None: q, k = stored(apply_rope(q, *rope)), stored(apply_rope(k, *rope))
-    y = causal_attention(q, k, v)
+    if cache is not None:
+      cache[:, :, :, start_pos:start_pos + T].assign(Tensor.stack(k, v))
+      k, v = cache[0, :, :, :start_pos + T], cache[1, :, :, :start_pos + T]
+    # one new token may see every cached one: no mask, which also keeps the key length symbolic
+    y = causal_attention(q, k, v) if T > 1 else stored((q @ k.transpose(-1, -2) * (1.0 / math.sqrt(self.head_dim))).softmax(-1)) @ v
     return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -143,8 +148,8 @@ class Block:
     self.ln_1, self.attn = Norm(cfg.n_embd, cfg.norm, cfg.bias), Attention(cfg, proj_std)
     self.ln_2, self.mlp = Norm(cfg.n_embd, cfg.norm, cfg.bias), MLP(cfg, proj_std)
 
-  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
-    x = x + self.attn(self.ln_1(x), rope)
+  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: Tensor | None = None, start_pos=0) -> Tensor:
+    x = x + self.attn(self.ln_1(x), rope, cache, start_pos)
     return x + self.mlp(self.ln_2(x))
 
 
@@ -158,16 +163,25 @@ class GPT:
     self.h = [Block(cfg) for _ in range(cfg.n_layer)]
     self.ln_f = Norm(cfg.n_embd, cfg.norm, cfg.bias)
 
-  def __call__(self, idx: Tensor) -> Tensor:
-    """Token ids (B, T) -> logits (B, T, vocab). The LM head is tied to the token embedding."""
+  def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0) -> Tensor:
+    """Token ids (B, T) -> logits (B, T, vocab). The LM head is tied to the token embedding.
+    With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable)."""
     T = idx.shape[1]
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
     x = self.wte(idx)
-    if self.wpe is not None: x = x + self.wpe(Tensor.arange(T))
-    # RoPE tables are built inside the graph rather than stored, so they never enter the state dict
-    rope = rope_tables(self.cfg.head_dim, T) if self.cfg.pos == "rope" else None
-    for block in self.h: x = block(x, rope)
+    if self.wpe is not None: x = x + self.wpe.weight[start_pos:start_pos + T]
+    rope = None
+    if self.cfg.pos == "rope":  # built inside the graph rather than stored, so the tables never enter the state dict
+      cos, sin = rope_tables(self.cfg.head_dim, self.cfg.block_size)
+      rope = (cos[start_pos:start_pos + T], sin[start_pos:start_pos + T])
+    for i, block in enumerate(self.h): x = block(x, rope, caches[i] if caches else None, start_pos)
     return self.ln_f(x) @ self.wte.weight.T
+
+  def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
+    """One preallocated (2, B, heads, block_size, head_dim) key/value buffer per layer, kept outside the model so
+    it never enters the state dict or the optimizer."""
+    shape = (2, batch_size, self.cfg.n_head, self.cfg.block_size, self.cfg.head_dim)
+    return [Tensor.zeros(*shape).contiguous().realize() for _ in self.h]
 
   def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over the targets that are not IGNORE_INDEX."""

@@ -6,7 +6,7 @@ from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError, checkpoint, devices
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
-from aurora_tg.generate import WindowSampler
+from aurora_tg.generate import Generator, Sampling
 from aurora_tg.model import GPT, GPTConfig, PRESETS, num_params
 from aurora_tg.tokenizer import Tokenizer, gpt2, train_bpe
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer, NonFiniteLoss
@@ -109,5 +109,6 @@ def train(args) -> int:
 
 def print_sample(model: GPT, tokenizer: Tokenizer, seed: int):
   prompt = "The"
-  ids = WindowSampler(model).generate(tokenizer.encode(prompt), 60, seed=seed, stop={tokenizer.eot})
+  sampling = Sampling(temperature=0.8, top_k=40, max_tokens=model.cfg.block_size // 2, seed=seed)
+  ids = Generator(model).generate(tokenizer.encode(prompt), sampling, stop={tokenizer.eot})
   print(f"sample: {prompt}{tokenizer.decode(ids)}")
