@@ -106,9 +106,10 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
   """softmax(q k^T / sqrt(d) + causal mask) v, with q's positions the last q.shape[2] of k's."""
   Tq, Tk = q.shape[2], k.shape[2]
-  mask = Tensor.ones(Tq, Tk, dtype="bool").tril(Tk - Tq)
   scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
-  return stored(mask.where(scores, float("-inf")).softmax(-1)) @ v
+  # a single query is the newest position and sees every key: no mask, which lets Tk stay symbolic when decoding
+  if Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool").tril(Tk - Tq).where(scores, float("-inf"))
+  return stored(scores.softmax(-1)) @ v
 
 
 class Attention:
@@ -125,8 +126,7 @@ class Attention:
     if cache is not None:
       cache[:, :, :, start_pos:start_pos + T].assign(Tensor.stack(k, v))
       k, v = cache[0, :, :, :start_pos + T], cache[1, :, :, :start_pos + T]
-    # one new token may see every cached one: no mask, which also keeps the key length symbolic
-    y = causal_attention(q, k, v) if T > 1 else stored((q @ k.transpose(-1, -2) * (1.0 / math.sqrt(self.head_dim))).softmax(-1)) @ v
+    y = causal_attention(q, k, v)
     return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 

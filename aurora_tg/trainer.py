@@ -53,7 +53,7 @@ class Trainer:
     self.base_lrs = [o.lr.item() for o in optimizer.optimizers]
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
-    self.step, self.rng = 0, np.random.default_rng(settings.seed)
+    self.step, self.rng, self.last_val_loss = 0, np.random.default_rng(settings.seed), None
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
 
   # ----- jitted pieces -----
