@@ -26,6 +26,22 @@ class Tokenizer:
 
   def decode_bytes(self, ids: list[int]) -> bytes: return self.enc.decode_bytes(ids)
 
+  def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
+    """The chat template, shared by chat and fine-tuning: each turn is <|role|> content <|end|>.
+    Returns the ids and, per id, whether it is assistant output (its content and closing <|end|>), which is what
+    fine-tuning trains on. add_generation_prompt appends <|assistant|> for the model to answer."""
+    ids, is_assistant = [], []
+    for message in messages:
+      role, content = message["role"], message["content"]
+      if role not in ("system", "user", "assistant"): raise ValueError(f"unknown chat role {role!r}")
+      body = self.encode(content) + [self.special("<|end|>")]
+      ids += [self.special(f"<|{role}|>")] + body
+      is_assistant += [False] + [role == "assistant"] * len(body)
+    if add_generation_prompt:
+      ids.append(self.special("<|assistant|>"))
+      is_assistant.append(False)
+    return ids, is_assistant
+
   def fingerprint(self) -> str: return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
 
   def save(self, path: str):

@@ -46,3 +46,18 @@ def test_unreadable_tokenizer_file(tmp_path):
   (tmp_path / "t.json").write_text("{not json")
   with pytest.raises(UserError, match="cannot read tokenizer"):
     Tokenizer.load(str(tmp_path / "t.json"))
+
+
+def test_chat_template_marks_only_assistant_turns():
+  tok = train_bpe([sample_text(1000)], 300)
+  messages = [{"role": "system", "content": "be kind"}, {"role": "user", "content": "the cat?"},
+              {"role": "assistant", "content": "sat on a mat"}]
+  ids, is_assistant = tok.render_chat(messages, add_generation_prompt=False)
+  end = tok.special("<|end|>")
+  assert ids[0] == tok.special("<|system|>") and ids.count(end) == 3 and ids[-1] == end
+  answer = [i for i, a in zip(ids, is_assistant) if a]
+  assert tok.decode(answer) == "sat on a mat<|end|>"
+  prompt, _ = tok.render_chat(messages[:2], add_generation_prompt=True)
+  assert prompt == ids[:len(prompt)] and prompt[-1] == tok.special("<|assistant|>")
+  with pytest.raises(ValueError, match="role"):
+    tok.render_chat([{"role": "robot", "content": "x"}])
