@@ -48,7 +48,7 @@ class GPTConfig:
 IGNORE_INDEX = -100
 
 # Named sizes so nobody hand-sets widths. The small ones use an own BPE vocabulary: the LM head and embedding
-# dominate a small model's FLOPs, so a 2k vocabulary trains several times faster on a CPU than GPT-2's 50k.
+# dominate a small model's FLOPs, so a 1k-8k vocabulary trains several times faster on a CPU than GPT-2's 50k.
 PRESETS: dict[str, dict] = {
   "tiny":   dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
   "small":  dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=1024),
