@@ -4,6 +4,8 @@ from pathlib import Path
 from tinygrad import Tensor
 from tinygrad.nn.state import safe_save, safe_load, safe_load_metadata, get_state_dict
 from aurora_tg import UserError
+from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.tokenizer import Tokenizer
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
@@ -59,3 +61,21 @@ def copy_into(targets: dict[str, Tensor], saved: dict[str, Tensor], what: str):
       raise UserError(f"{what} tensor {name} has shape {saved[name].shape} in the checkpoint, {t.shape} here")
     t.assign(saved[name].to(t.device).cast(t.dtype))
   Tensor.realize(*targets.values())
+
+
+def newest(root: str | Path = "runs") -> Path:
+  """The most recently written checkpoint under root: what chat.py talks to by default."""
+  found = sorted(Path(root).glob(f"**/{CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime)
+  if not found: raise UserError(f"no trained model in {root}/: train one with `python train.py`, or pass --checkpoint PATH")
+  return found[-1]
+
+
+def load_model(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
+  """A model ready for inference, with the tokenizer saved beside its checkpoint, and the run record."""
+  weights, _, record = load(path)
+  tokenizer = Tokenizer.load(str(resolve(path).parent / TOKENIZER_NAME))
+  if tokenizer.fingerprint() != record["tokenizer"]:
+    raise UserError(f"{resolve(path).parent / TOKENIZER_NAME} is not the tokenizer this checkpoint was trained with")
+  model = GPT(GPTConfig.from_dict(record["config"]))
+  copy_into(get_state_dict(model), weights, "model weights")
+  return model, tokenizer, record

@@ -66,3 +66,14 @@ def test_repetition_penalty_discourages_seen_tokens():
   logits = np.array([2.0, 1.9, -1.0])
   assert sample_token(logits, Sampling(temperature=0), np.random.default_rng(0), seen=[]) == 0
   assert sample_token(logits, Sampling(temperature=0, repetition_penalty=1.5), np.random.default_rng(0), seen=[0]) == 1
+
+
+def test_chunked_prefill_matches_full_forward_and_reuses_a_shared_prefix():
+  model = make_model("rope")
+  rng = np.random.default_rng(1)
+  first = rng.integers(0, 97, size=13).tolist()
+  second = first[:6] + rng.integers(0, 97, size=7).tolist()
+  gen = Generator(model, prefill_chunk=4)
+  for ids in (first, second, first[:3]):  # several chunks; then a prompt sharing 6 tokens; then a shorter one
+    np.testing.assert_allclose(gen.prefill(ids), model(Tensor([ids])).numpy()[0, -1], atol=1e-4)
+    assert gen.cached == ids

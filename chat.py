@@ -1,0 +1,61 @@
+"""Talk to a trained Aurora model: `python chat.py` opens a chat with the newest model train.py wrote."""
+import argparse, sys
+
+from aurora_tg import UserError
+
+
+def parse_args(argv=None):
+  p = argparse.ArgumentParser(description="Chat with an Aurora model.")
+  p.add_argument("--checkpoint", help="a run folder or a checkpoint file (default: the newest under runs/)")
+  p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
+  p.add_argument("-p", "--prompt", nargs="?", const="-", help="answer one question and exit; without TEXT, read it from stdin")
+  p.add_argument("--complete", metavar="TEXT", help="continue raw text instead of chatting (for base models)")
+  p.add_argument("--system", help="system prompt")
+  p.add_argument("--temperature", type=float, default=0.7, help="0 picks the most likely token (greedy)")
+  p.add_argument("--top-k", type=int, default=50, help="sample from the k most likely tokens (0: all)")
+  p.add_argument("--top-p", type=float, default=0.95, help="sample from the smallest set with this much probability")
+  p.add_argument("--repetition-penalty", type=float, default=1.1, help="divide the logits of tokens already used (1: off)")
+  p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
+  p.add_argument("--seed", type=int, help="make sampling reproducible")
+  return p.parse_args(argv)
+
+
+def sampling_from(args):
+  from aurora_tg.generate import Sampling
+  if args.temperature < 0: raise UserError(f"--temperature must be 0 or more, got {args.temperature}")
+  if args.top_k < 0: raise UserError(f"--top-k must be 0 or more, got {args.top_k}")
+  if not 0 < args.top_p <= 1: raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+  if args.repetition_penalty <= 0: raise UserError(f"--repetition-penalty must be positive, got {args.repetition_penalty}")
+  if args.max_tokens < 1: raise UserError(f"--max-tokens must be at least 1, got {args.max_tokens}")
+  return Sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_tokens, args.seed)
+
+
+def run(args) -> int:
+  from aurora_tg import chat, checkpoint, devices  # import tinygrad after parsing, so --help stays instant
+  sampling = sampling_from(args)
+  device = devices.select_device(args.device)
+  path = checkpoint.resolve(args.checkpoint) if args.checkpoint else checkpoint.newest()
+  model, tokenizer, record = checkpoint.load_model(path)
+  if args.complete is not None: return chat.complete(model, tokenizer, args.complete, sampling)
+  session = chat.ChatSession(model, tokenizer, sampling, args.system)
+  if args.prompt is not None: return chat.one_shot(session, args.prompt)
+  note = ("\nnote: this model is only pretrained: it continues text rather than answers (see --complete)"
+          if record.get("stage") == "pretrain" else "")
+  chat.interactive(session, f"Aurora chat | {path} | {device} | context {model.cfg.block_size} tokens | /help for commands{note}")
+  return 0
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?", not a crash
+  try: return run(args)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  except KeyboardInterrupt:  # while loading or compiling
+    print(file=sys.stderr)
+    return 130
+
+
+if __name__ == "__main__":
+  sys.exit(main())
