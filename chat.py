@@ -39,8 +39,8 @@ def run(args) -> int:
   if args.complete is not None: return chat.complete(model, tokenizer, args.complete, sampling)
   session = chat.ChatSession(model, tokenizer, sampling, args.system)
   if args.prompt is not None: return chat.one_shot(session, args.prompt)
-  note = ("\nnote: this model is only pretrained: it continues text rather than answers (see --complete)"
-          if record.get("stage") == "pretrain" else "")
+  note = ("\nnote: this model is only pretrained: it continues text rather than answers. Use --complete, or fine-tune "
+          f"it for chat: python train.py --stage sft --init {path.parent}" if record.get("stage") == "pretrain" else "")
   chat.interactive(session, f"Aurora chat | {path} | {device} | context {model.cfg.block_size} tokens | /help for commands{note}")
   return 0
 

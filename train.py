@@ -5,21 +5,35 @@ from aurora_tg import UserError
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description="Train an Aurora GPT model.")
+  p = argparse.ArgumentParser(description="Train an Aurora GPT model. Without --stage (and --data): pretrain, then "
+                                          "chat fine-tune on conversations built from Python's documentation.")
+  p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora, distill")
+  p.add_argument("--init", help="the checkpoint (run folder or file) a fine-tuning stage starts from")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
-  p.add_argument("--data", help="a text file, a folder of .txt/.md files, or a .jsonl with a 'text' field "
-                                "(default: Python's bundled documentation)")
+  p.add_argument("--data", help="pretrain/distill: a text file, a folder of .txt/.md files, or a .jsonl with a 'text' field "
+                                "(default: Python's bundled documentation); sft/lora: a .jsonl of {\"messages\": [...]} "
+                                "(default: conversations built from that documentation)")
   p.add_argument("--out", help="run folder for checkpoint, tokenizer and metrics (default: runs/<size>)")
   p.add_argument("--size", help="model preset: tiny, small (default), medium, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
   p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
   p.add_argument("--batch-size", type=int, help="sequences per micro-batch")
   p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-  p.add_argument("--lr", type=float, help="peak learning rate")
+  p.add_argument("--optimizer", help="aurora, aurora-riemannian, muon (hidden matrices; AdamW trains the rest), adamw "
+                                     "(default), adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
+  p.add_argument("--lr", type=float, help="peak learning rate (default: the optimizer's and preset's)")
   p.add_argument("--eval-every", type=int, help="steps between validation evaluations and checkpoints")
   p.add_argument("--tokenizer", choices=("bpe", "gpt2"), help="own BPE trained on the data, or GPT-2's (default: by preset)")
   p.add_argument("--norm", choices=("layernorm", "rmsnorm"))
   p.add_argument("--pos", choices=("learned", "rope"))
   p.add_argument("--mlp", choices=("gelu", "swiglu"))
+  p.add_argument("--freeze", type=int, help="sft: freeze the embeddings and the lowest N blocks")
+  p.add_argument("--lora-rank", type=int, default=8)
+  p.add_argument("--lora-alpha", type=float, default=16.0)
+  p.add_argument("--lora-dropout", type=float, default=0.0)
+  p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc,c_gate", help="projections that get adapters")
+  p.add_argument("--teacher", help="distill: the teacher checkpoint (the student is --init, or a new --size model)")
+  p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher's soft targets against the data's")
+  p.add_argument("--distill-temperature", type=float, default=2.0)
   p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
   p.add_argument("--seed", type=int, default=1337)
   return p.parse_args(argv)

@@ -76,6 +76,13 @@ def load_model(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
   tokenizer = Tokenizer.load(str(resolve(path).parent / TOKENIZER_NAME))
   if tokenizer.fingerprint() != record["tokenizer"]:
     raise UserError(f"{resolve(path).parent / TOKENIZER_NAME} is not the tokenizer this checkpoint was trained with")
+  if record.get("stage") == "lora":  # an adapter file: load its base, add the adapters, fold them in
+    from aurora_tg import lora
+    model, _, _ = load_model(record["base"])
+    lora.add_adapters(model, lora.LoRAConfig(**{**record["lora"], "targets": tuple(record["lora"]["targets"])}))
+    copy_into(lora.adapter_state(model), weights, "LoRA adapters")
+    lora.merge_adapters(model)
+    return model, tokenizer, record
   model = GPT(GPTConfig.from_dict(record["config"]))
   copy_into(get_state_dict(model), weights, "model weights")
   return model, tokenizer, record

@@ -9,10 +9,8 @@ TEXT_SUFFIXES = (".txt", ".md")
 _NOISY_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data", "ensurepip", "venv", "lib2to3"}
 
 
-def default_corpus() -> list[str]:
-  """Python's own documentation, shipped with every CPython: the pydoc topics plus the stdlib's docstrings."""
-  from pydoc_data.topics import topics
-  docs = [topics[k] for k in sorted(topics)]
+def stdlib_modules():
+  """(name, module) for each importable public stdlib module, imported quietly."""
   for name in sorted(sys.stdlib_module_names):
     if name.startswith("_") or name in _NOISY_MODULES: continue
     try:
@@ -20,7 +18,14 @@ def default_corpus() -> list[str]:
         warnings.simplefilter("ignore")
         module = importlib.import_module(name)
     except BaseException: continue  # platform-specific or broken modules are simply left out
-    docs.extend(_module_docstrings(module, name))
+    yield name, module
+
+
+def default_corpus() -> list[str]:
+  """Python's own documentation, shipped with every CPython: the pydoc topics plus the stdlib's docstrings."""
+  from pydoc_data.topics import topics
+  docs = [topics[k] for k in sorted(topics)]
+  for name, module in stdlib_modules(): docs.extend(_module_docstrings(module, name))
   return docs
 
 

@@ -51,7 +51,7 @@ IGNORE_INDEX = -100
 # dominate a small model's FLOPs, so a 1k-8k vocabulary trains several times faster on a CPU than GPT-2's 50k.
 PRESETS: dict[str, dict] = {
   "tiny":   dict(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=512),
-  "small":  dict(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=1024),
+  "small":  dict(n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=1024),
   "medium": dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=8192),
   "gpt2":   dict(n_layer=12, n_head=12, n_embd=768, block_size=1024),
   "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024, block_size=1024),

@@ -1,12 +1,12 @@
 """The training loop: jitted gradient and update steps, LR schedule, evaluation, checkpoints and the run log."""
 import json, math, signal, time
+from typing import Callable
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
 from tinygrad import Tensor, TinyJit, Context, nn
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import checkpoint
-from aurora_tg.data import TokenData
+from aurora_tg import checkpoint, optim
 from aurora_tg.model import GPT
 
 
@@ -15,7 +15,9 @@ class TrainSettings:
   steps: int = 300
   batch_size: int = 16
   grad_accum: int = 1           # micro-batches per optimizer step
+  optimizer: str = "adamw"       # see optim.OPTIMIZERS
   lr: float = 3e-3
+  adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
   warmup: int = 20
   min_lr_frac: float = 0.1      # cosine decays to lr * min_lr_frac
   weight_decay: float = 0.1
@@ -26,7 +28,34 @@ class TrainSettings:
   seed: int = 1337
 
 
-class NonFiniteLoss(Exception): pass
+class NonFinite(Exception): pass
+
+
+class NeuronWatch:
+  """Dead-neuron diagnostics. A neuron of an MLP layer is a row of its up-projection; it is counted dead when the
+  norm of its updates, summed over the window since the last report, stays below DEAD_BELOW of the layer's mean.
+  The spread is that row norm's coefficient of variation: 0 when every neuron moves alike (Aurora's target)."""
+  DEAD_BELOW = 0.1
+
+  def __init__(self, model: GPT, trained: list[Tensor]):
+    trained_ids = {id(t) for t in trained}  # frozen layers (and LoRA-wrapped ones) are not watched
+    self.weights = [w for block in model.h if id(w := getattr(block.mlp.c_fc, "weight", None)) in trained_ids]
+    self.moved = [Tensor.zeros(w.shape[0]).contiguous().realize() for w in self.weights]
+    self.before = [Tensor.zeros(*w.shape).contiguous().realize() for w in self.weights]
+
+  def snapshot(self):
+    """Copy the weights before the optimizer step (realized now, so the copy precedes the update)."""
+    if self.weights: Tensor.realize(*[before.assign(w) for before, w in zip(self.before, self.weights)])
+
+  def accumulate(self) -> list[Tensor]:
+    for moved, w, old in zip(self.moved, self.weights, self.before): moved.assign(moved + (w - old).square().sum(1).sqrt())
+    return self.moved
+
+  def report(self) -> dict[str, list[float]]:
+    rows = [m.numpy() for m in self.moved]
+    for m in self.moved: m.assign(m.zeros_like()).realize()
+    return {"dead_fraction": [float((r < self.DEAD_BELOW * r.mean()).mean()) if r.mean() > 0 else 0.0 for r in rows],
+            "update_spread": [float(r.std() / r.mean()) if r.mean() > 0 else 0.0 for r in rows]}
 
 
 def lr_multiplier(step: int, s: TrainSettings) -> float:
@@ -37,30 +66,32 @@ def lr_multiplier(step: int, s: TrainSettings) -> float:
 
 
 def build_optimizer(model: GPT, s: TrainSettings) -> nn.optim.OptimizerGroup:
-  """AdamW; as in GPT-2 and nanoGPT, weight decay applies to matrices and embeddings only, not to norms and biases."""
-  params = nn.state.get_parameters(model)
-  decay, no_decay = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-  return nn.optim.OptimizerGroup(nn.optim.AdamW(decay, lr=s.lr, b1=0.9, b2=0.95, weight_decay=s.weight_decay),
-                                 nn.optim.AdamW(no_decay, lr=s.lr, b1=0.9, b2=0.95, weight_decay=0.0))
+  return optim.build_optimizer(model, s.optimizer, s.lr, s.adam_lr, s.weight_decay)
 
 
 class Trainer:
-  def __init__(self, model: GPT, data: TokenData, settings: TrainSettings, optimizer: nn.optim.OptimizerGroup):
+  """Trains what the optimizer holds (everything else in the model stays frozen) on data.batch() batches.
+  loss(x, y) defaults to the model's cross-entropy; saved_state() is what a checkpoint stores of the model."""
+  def __init__(self, model: GPT, data, settings: TrainSettings, optimizer: nn.optim.OptimizerGroup,
+               loss: Callable[[Tensor, Tensor], Tensor] | None = None, saved_state: Callable[[], dict] | None = None):
     self.model, self.data, self.s, self.optimizer = model, data, settings, optimizer
-    self.params = nn.state.get_parameters(model)
+    self.loss = loss or model.loss
+    self.saved_state = saved_state or (lambda: get_state_dict(model))
+    self.params, self.model_params = optimizer.params, nn.state.get_parameters(model)
     # jitted functions must see weights as stored buffers: a still-lazy initialisation would be captured as kernels
-    Tensor.realize(*self.params, *nn.state.get_parameters(optimizer))
+    Tensor.realize(*self.model_params, *nn.state.get_parameters(optimizer))
     self.base_lrs = [o.lr.item() for o in optimizer.optimizers]
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
     self.step, self.rng, self.last_val_loss = 0, np.random.default_rng(settings.seed), None
+    self.watch = NeuronWatch(model, self.params)
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
 
   # ----- jitted pieces -----
   def _micro(self, x: Tensor, y: Tensor) -> Tensor:
     with Context(TRAINING=1):
-      for p in self.params: p.grad = None
-      loss = self.model.loss(x, y)
+      for p in self.model_params: p.grad = None  # frozen weights too: backward gives every tensor a gradient
+      loss = self.loss(x, y)
       loss.backward()
       for acc, p in zip(self.grad_sums, self.params): acc.assign(acc + p.grad)
       return loss.realize(*self.grad_sums)
@@ -68,14 +99,18 @@ class Trainer:
   def _update(self, lr_mult: Tensor) -> Tensor:
     with Context(TRAINING=1):
       grads = [acc / self.s.grad_accum for acc in self.grad_sums]
-      norm = Tensor.stack(*[g.square().sum() for g in grads]).sum().sqrt()
+      # a scalar per weight first: fused into one kernel over every weight, the sum fails to link on PoCL
+      norm = Tensor.stack(*[g.square().sum().contiguous() for g in grads]).sum().sqrt()
       scale = (self.s.grad_clip / (norm + 1e-6)).minimum(1.0) if self.s.grad_clip > 0 else Tensor(1.0)
       for p, g in zip(self.params, grads): p.grad = g * scale
       for opt, base in zip(self.optimizer.optimizers, self.base_lrs): opt.lr.assign(lr_mult * base)
+      self.watch.snapshot()
       updates = self.optimizer.schedule_step()
       for acc in self.grad_sums: acc.assign(acc.zeros_like())
-      return norm.realize(*updates, *self.grad_sums)
+      finite = Tensor.stack(*[p.isfinite().all().contiguous() for p in self.params]).all()
+      return Tensor.stack(norm, finite.float()).realize(*updates, *self.grad_sums, *self.watch.accumulate())
 
+  # evaluation is always the model's own cross-entropy (on assistant tokens, for chat data), whatever it trains on
   def _eval(self, x: Tensor, y: Tensor) -> Tensor: return self.model.loss(x, y).realize()
 
   # ----- steps -----
@@ -86,8 +121,9 @@ class Trainer:
       x, y = self.data.batch(self.rng, self.s.batch_size)
       losses.append(self._micro_step(Tensor(x), Tensor(y)).item())
     loss = sum(losses) / len(losses)
-    if not math.isfinite(loss): raise NonFiniteLoss(f"loss became {loss} at step {self.step}")
-    norm = self._update_step(Tensor([lr_multiplier(self.step, self.s)])).item()
+    if not math.isfinite(loss): raise NonFinite(f"loss became {loss} at step {self.step}")
+    norm, finite = self._update_step(Tensor([lr_multiplier(self.step, self.s)])).tolist()
+    if not finite: raise NonFinite(f"the {self.s.optimizer} update at step {self.step} made the weights non-finite")
     self.step += 1
     return loss, norm
 
@@ -100,7 +136,7 @@ class Trainer:
   # ----- checkpoints -----
   def save(self, run_dir: Path, record: dict) -> Path:
     record = record | {"step": self.step, "rng": self.rng.bit_generator.state, "settings": asdict(self.s)}
-    return checkpoint.save(run_dir, get_state_dict(self.model), checkpoint.optimizer_state(self.optimizer, self.params), record)
+    return checkpoint.save(run_dir, self.saved_state(), checkpoint.optimizer_state(self.optimizer, self.params), record)
 
   def restore(self, optim_state: dict[str, Tensor], record: dict):
     checkpoint.copy_into(checkpoint.optimizer_state(self.optimizer, self.params), optim_state, "optimizer state")
@@ -124,10 +160,12 @@ class Trainer:
           tok_s = window_tokens / (now - window_start)
           eta = (self.s.steps - self.step) * (now - start) / (self.step - first_step)
           lr = self.base_lrs[0] * lr_multiplier(self.step - 1, self.s)
+          neurons = self.watch.report()
+          dead = "/".join(f"{f:.0%}" for f in neurons["dead_fraction"])
           log(f"step {self.step:5d}/{self.s.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {norm:.2f} | "
-              f"{tok_s:,.0f} tok/s | {_duration(eta)} left")
+              f"dead neurons {dead} | {tok_s:,.0f} tok/s | {_duration(eta)} left")
           metrics.write(json.dumps({"step": self.step, "train_loss": loss, "lr": lr, "tokens_per_s": tok_s,
-                                    "elapsed_s": now - start}) + "\n")
+                                    "elapsed_s": now - start, **neurons}) + "\n")
           window_start, window_tokens = now, 0
         if self.step % self.s.eval_every == 0 or self.step == self.s.steps:
           self._log_eval(metrics, log, start, loss)

@@ -75,6 +75,7 @@ def test_nothing_to_resume(tmp_path):
   (["--size", "enormous"], "unknown size"),
   (["--steps", "0"], "--steps must be at least 1"),
   (["--batch-size", "0"], "--batch-size must be at least 1"),
+  (["--optimizer", "adamax-ultra"], "unknown optimizer"),
 ])
 def test_bad_arguments(args, fragment, text_file, tmp_path):
   assert_one_line_error(train("--size", "tiny", "--data", text_file, "--out", tmp_path / "o", *args), fragment)

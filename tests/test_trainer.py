@@ -93,8 +93,8 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
   saved = (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes()
   trainer.s = TrainSettings(**{**trainer.s.__dict__, "steps": 6})
   trainer.params[0].assign(trainer.params[0] * float("nan")).realize()
-  from aurora_tg.trainer import NonFiniteLoss
-  with pytest.raises(NonFiniteLoss):
+  from aurora_tg.trainer import NonFinite
+  with pytest.raises(NonFinite):
     trainer.run(tmp_path, {}, log=lambda _: None)
   assert (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes() == saved
 

@@ -1,0 +1,79 @@
+"""Distillation's loss, SFT teaching answers, and the fine-tuning stages through train.py and chat.py."""
+import argparse, json
+import numpy as np
+import pytest
+from tinygrad import Tensor, nn
+from tinygrad.nn.state import get_state_dict
+from aurora_tg import UserError, checkpoint
+from aurora_tg.finetune import adamw, distillation_loss, prepare_distill, sample_answers
+from aurora_tg.model import GPT, GPTConfig, IGNORE_INDEX
+from aurora_tg.sft import ChatData
+from aurora_tg.tokenizer import train_bpe
+from aurora_tg.trainer import Trainer, TrainSettings
+from conftest import TEST_SHAPE, sample_text
+from test_chat import chat
+from test_train_cli import TINY_RUN, finished_run, train  # noqa: F401  (finished_run is a fixture)
+
+
+def np_log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_distillation_loss_matches_numpy_and_is_zero_kl_for_the_teacher_itself():
+  rng = np.random.default_rng(0)
+  s, t = rng.standard_normal((2, 5, 11)).astype(np.float32) * 3, rng.standard_normal((2, 5, 11)).astype(np.float32) * 3
+  y = rng.integers(0, 11, size=(2, 5)); y[0, :2] = IGNORE_INDEX
+  got = distillation_loss(Tensor(s), Tensor(t), Tensor(y), alpha=0.7, temperature=2.0).item()
+  log_s, log_t = np_log_softmax(s / 2), np_log_softmax(t / 2)
+  kl = (np.exp(log_t) * (log_t - log_s)).sum(-1).mean()
+  keep = y != IGNORE_INDEX
+  ce = -np.take_along_axis(np_log_softmax(s), np.where(keep, y, 0)[..., None], -1)[..., 0][keep].mean()
+  assert got == pytest.approx(0.7 * 4 * kl + 0.3 * ce, rel=1e-5)
+  assert distillation_loss(Tensor(s), Tensor(s), Tensor(y), alpha=1.0, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sft_on_a_few_conversations_teaches_their_answers():
+  tokenizer = train_bpe([sample_text()], 300)
+  qa = [("the cat?", "sat on a mat"), ("the dog?", "ran past"), ("a bird?", "sang"), ("café?", "naïve 🙂")]
+  conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in qa]
+  Tensor.manual_seed(0)
+  model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": 32}))
+  data = ChatData(conversations, tokenizer, 32)
+  data.val = data.train  # ask the trained questions back
+  settings = TrainSettings(steps=150, batch_size=8, lr=1e-2, warmup=10, eval_every=1000, seed=0)
+  trainer = Trainer(model, data, settings, adamw(nn.state.get_parameters(model), 1e-2, 0.0))
+  for _ in range(settings.steps): trainer.train_step()
+  answers = dict(sample_answers(model, tokenizer, data, n=len(qa)))
+  assert sorted(answers.values()) == sorted(a for _, a in qa), answers
+
+
+def test_distillation_needs_a_shared_tokenizer(tmp_path):
+  for name, vocab in (("teacher", 300), ("student", 320)):
+    tok = train_bpe([sample_text()], vocab)
+    model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tok.n_vocab}))
+    checkpoint.save(tmp_path / name, get_state_dict(model), {}, {"config": model.cfg.to_dict(), "tokenizer": tok.fingerprint(), "stage": "pretrain"})
+    tok.save(str(tmp_path / name / checkpoint.TOKENIZER_NAME))
+  args = argparse.Namespace(teacher=str(tmp_path / "teacher"), init=str(tmp_path / "student"))
+  with pytest.raises(UserError, match="must share one"): prepare_distill(args, TrainSettings())
+
+
+def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
+  base = finished_run[0]
+  chats = tmp_path / "chat.jsonl"
+  good = [json.dumps({"messages": [{"role": "user", "content": f"the cat {i}?"}, {"role": "assistant", "content": "sat on a mat"}]}) for i in range(30)]
+  chats.write_text("\n".join(good[:3] + ["{oops"] + good[3:]), encoding="utf-8")
+  short = ["--steps", "3", "--eval-every", "3", "--batch-size", "4"]
+  sft = train("--stage", "sft", "--init", base, "--data", chats, "--freeze", "1", "--out", tmp_path / "sft", *short, check_code=0)
+  assert "chat.jsonl:4: skipped" in sft.stdout and "held-out assistant-token loss" in sft.stdout
+  lora_run = train("--stage", "lora", "--init", base, "--data", chats, "--out", tmp_path / "lora", *short, check_code=0)
+  assert "Q: " in lora_run.stdout
+  adapter_size = (tmp_path / "lora" / "checkpoint.safetensors").stat().st_size
+  assert adapter_size < (base / "checkpoint.safetensors").stat().st_size / 3
+  for run in ("sft", "lora"):
+    answer = chat("--checkpoint", tmp_path / run, "--temperature", "0", "--max-tokens", "5", "-p", "the cat?")
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
+  train("--stage", "distill", "--teacher", base, "--size", "tiny", "--out", tmp_path / "student", *short,
+        "--data", finished_run[1], check_code=0)
+  missing = train("--stage", "sft", "--out", tmp_path / "x")
+  assert missing.returncode == 2 and "needs --init" in missing.stderr

@@ -1,0 +1,205 @@
+"""Optimizers against independent numpy implementations of their rules, parameter grouping, and training."""
+import math
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from tinygrad import Tensor, Context, nn
+from tinygrad.nn.state import get_state_dict
+from aurora_tg import checkpoint, optim
+from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.trainer import NeuronWatch, TrainSettings
+from conftest import TEST_SHAPE
+from test_trainer import SETTINGS, make_trainer
+
+
+# ----- numpy references -----
+def np_polar(x: np.ndarray) -> np.ndarray:
+  """The same Newton-Schulz rule, in float64 numpy."""
+  tall = x.shape[0] > x.shape[1]
+  x = (x.T if tall else x).astype(np.float64)
+  x = x / (np.linalg.norm(x) + 1e-7)
+  for _ in range(12):
+    a = x @ x.T
+    x = 2 * x - 1.5 * a @ x + 0.5 * a @ a @ x
+  return x.T if tall else x
+
+
+def np_aurora_direction(g: np.ndarray) -> np.ndarray:
+  m, n = g.shape
+  if m == n: return np_polar(g)
+  if m < n: return np_aurora_direction(g.T).T
+  d = 1 / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-7)
+  u = np_polar(d * g)
+  d = d * np.sqrt((n / m) / (u ** 2).sum(1, keepdims=True))
+  return np_polar(d * g)
+
+
+def row_spread(u: np.ndarray) -> float:
+  rows = np.linalg.norm(u, axis=1)
+  return rows.std() / rows.mean()
+
+
+def leveraged_gradient(m=48, n=12, seed=0) -> np.ndarray:
+  """A tall gradient whose rows differ in scale by orders of magnitude: very uneven leverage."""
+  rng = np.random.default_rng(seed)
+  return (rng.standard_normal((m, n)) * np.exp(1.5 * rng.standard_normal((m, 1)))).astype(np.float32)
+
+
+def run_optimizer(opt, param: Tensor, grads: list[np.ndarray]) -> np.ndarray:
+  with Context(TRAINING=1):
+    for g in grads:
+      param.grad = Tensor(g)
+      opt.step()
+  return param.numpy()
+
+
+# ----- the polar factor -----
+SHAPES = [(1, 1), (1, 7), (7, 1), (5, 5), (13, 4), (4, 13), (24, 8), (8, 24), (16, 16), (31, 3)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(shape=st.sampled_from(SHAPES), rank_drop=st.integers(0, 2), seed=st.integers(0, 2 ** 16))
+def test_newton_schulz_gives_the_svd_polar_factor(shape, rank_drop, seed):
+  """Matrices with nonzero singular values within a factor of 20 of each other, some of them rank-deficient:
+  the result's nonzero singular values are 1 to 2e-3, and it equals U V^T from numpy's SVD to 2e-3."""
+  rng = np.random.default_rng(seed)
+  m, n = shape
+  k = max(1, min(m, n) - rank_drop)
+  u, _ = np.linalg.qr(rng.standard_normal((m, k)))
+  v, _ = np.linalg.qr(rng.standard_normal((n, k)))
+  x = (u * rng.uniform(0.05, 1.0, k) * 10 ** rng.uniform(-3, 3)) @ v.T
+  got = optim.polar(Tensor(x.astype(np.float32))).numpy()
+  np.testing.assert_allclose(np.linalg.svd(got, compute_uv=False)[:k], 1.0, atol=2e-3)
+  np.testing.assert_allclose(got, u @ v.T, atol=2e-3)
+
+
+# ----- Aurora -----
+def test_aurora_evens_out_row_norms_that_muon_leaves_uneven():
+  g = leveraged_gradient()
+  muon = optim.polar(Tensor(g)).numpy()
+  aurora = optim.Aurora([Tensor.zeros(*g.shape)], lr=0.1).direction(Tensor(g)).numpy()
+  assert row_spread(aurora) * 5 < row_spread(muon), (row_spread(aurora), row_spread(muon))
+  np.testing.assert_allclose(aurora.T @ aurora, np.eye(g.shape[1]), atol=1e-3)  # columns stay orthonormal
+  np.testing.assert_allclose(aurora, np_aurora_direction(g), atol=1e-4)
+
+
+def test_riemannian_aurora_keeps_columns_orthonormal_and_rows_even():
+  g = leveraged_gradient()
+  u = optim.Aurora([Tensor.zeros(*g.shape)], lr=0.1, riemannian=True).direction(Tensor(g)).numpy()
+  np.testing.assert_allclose(u.T @ u, np.eye(g.shape[1]), atol=1e-3)
+  assert row_spread(u) * 3 < row_spread(optim.polar(Tensor(g)).numpy())
+  assert (g * u).sum() > 0.2 * np.linalg.svd(g, compute_uv=False).sum()  # still a descent direction
+
+
+def test_aurora_steps_match_numpy_on_a_tall_matrix():
+  rng = np.random.default_rng(1)
+  w0, grads = rng.standard_normal((24, 8)).astype(np.float32), [leveraged_gradient(24, 8, s) for s in range(3)]
+  param = Tensor(w0).contiguous().realize()
+  got = run_optimizer(optim.Aurora([param], lr=0.05, weight_decay=0.025), param, grads)
+  w, mom = w0.astype(np.float64), np.zeros_like(w0, dtype=np.float64)
+  for g in grads:
+    mom = 0.95 * mom + 0.05 * g
+    update = np_aurora_direction(0.05 * g + 0.95 * mom) * math.sqrt(24 / 8)
+    w = w * (1 - 0.05 * 0.025) - 0.05 * update
+  np.testing.assert_allclose(got, w, atol=1e-4)
+
+
+def test_aurora_equals_muon_on_square_and_transposes_wide():
+  rng = np.random.default_rng(2)
+  square = rng.standard_normal((12, 12)).astype(np.float32)
+  aurora, muon = optim.Aurora([Tensor.zeros(12, 12)], lr=0.1), optim.Muon([Tensor.zeros(12, 12)], lr=0.1)
+  np.testing.assert_allclose(aurora.direction(Tensor(square)).numpy(), muon.direction(Tensor(square)).numpy(), atol=1e-6)
+  tall = leveraged_gradient(36, 12)
+  wide = aurora.direction(Tensor(np.ascontiguousarray(tall.T))).numpy()
+  np.testing.assert_allclose(wide, aurora.direction(Tensor(tall)).numpy().T, atol=1e-5)
+
+
+# ----- classic optimizers -----
+def np_classic(name: str, w: np.ndarray, grads: list[np.ndarray], lr: float, wd: float) -> np.ndarray:
+  """Textbook rules, one step at a time, with decoupled weight decay."""
+  state = {k: np.zeros_like(w) for k in ("m", "v", "vmax", "s", "u")}
+  for t, g in enumerate(grads, start=1):
+    if name == "amsgrad":
+      state["m"] = 0.9 * state["m"] + 0.1 * g
+      state["v"] = 0.999 * state["v"] + 0.001 * g * g
+      state["vmax"] = np.maximum(state["vmax"], state["v"])
+      d = state["m"] / (1 - 0.9 ** t) / (np.sqrt(state["vmax"] / (1 - 0.999 ** t)) + 1e-8)
+    elif name == "rmsprop":
+      state["v"] = 0.99 * state["v"] + 0.01 * g * g
+      d = g / (np.sqrt(state["v"]) + 1e-8)
+    elif name == "adagrad":
+      state["s"] += g * g
+      d = g / (np.sqrt(state["s"]) + 1e-10)
+    elif name == "adadelta":
+      state["v"] = 0.9 * state["v"] + 0.1 * g * g
+      d = np.sqrt(state["u"] + 1e-6) / np.sqrt(state["v"] + 1e-6) * g
+      state["u"] = 0.9 * state["u"] + 0.1 * d * d
+    elif name == "adamax":
+      state["m"] = 0.9 * state["m"] + 0.1 * g
+      state["u"] = np.maximum(0.999 * state["u"], np.abs(g) + 1e-8)
+      d = state["m"] / (1 - 0.9 ** t) / state["u"]
+    elif name == "nadam":
+      state["m"] = 0.9 * state["m"] + 0.1 * g
+      state["v"] = 0.999 * state["v"] + 0.001 * g * g
+      m_hat = 0.9 * state["m"] / (1 - 0.9 ** (t + 1)) + 0.1 * g / (1 - 0.9 ** t)
+      d = m_hat / (np.sqrt(state["v"] / (1 - 0.999 ** t)) + 1e-8)
+    w = w - lr * (d + wd * w)
+  return w
+
+
+@pytest.mark.parametrize("name,cls", [("amsgrad", optim.AMSGrad), ("rmsprop", optim.RMSprop), ("adagrad", optim.Adagrad),
+                                      ("adadelta", optim.Adadelta), ("adamax", optim.Adamax), ("nadam", optim.Nadam)])
+def test_classic_optimizer_matches_its_textbook_rule(name, cls):
+  rng = np.random.default_rng(3)
+  w0 = rng.standard_normal((5, 3))
+  grads = [rng.standard_normal((5, 3)) * (i + 1) for i in range(4)]
+  param = Tensor(w0.astype(np.float32)).contiguous().realize()
+  got = run_optimizer(cls([param], lr=0.01, weight_decay=0.1), param, [g.astype(np.float32) for g in grads])
+  np.testing.assert_allclose(got, np_classic(name, w0, grads, 0.01, 0.1), rtol=1e-4, atol=1e-5)
+
+
+# ----- grouping, diagnostics, training -----
+@pytest.mark.parametrize("arch", [{}, {"mlp": "swiglu", "bias": False, "pos": "rope"}])
+def test_every_parameter_lands_in_exactly_one_group(arch):
+  model = GPT(GPTConfig(**{**TEST_SHAPE, **arch}))
+  groups = optim.param_groups(model)
+  names = {id(t): name for name, t in get_state_dict(model).items()}
+  placed = [id(t) for group in groups.values() for t in group]
+  assert sorted(placed) == sorted(names) and len(set(placed)) == len(placed)
+  assert all(names[id(t)].startswith("h.") and t.ndim == 2 for t in groups["matrices"])
+  assert {names[id(t)] for t in groups["embeddings"]} == ({"wte.weight", "wpe.weight"} if not arch else {"wte.weight"})
+  assert all(t.ndim == 1 for t in groups["other"])
+  opt = optim.build_optimizer(model, "aurora", 0.05, 3e-3, 0.1)
+  assert [len(o.params) for o in opt.optimizers] == [len(groups[g]) for g in ("matrices", "embeddings", "other")]
+  saved = checkpoint.optimizer_state(opt, [t for group in groups.values() for t in group])
+  assert sum(k.startswith("optimizers.0.b.") for k in saved) == len(groups["matrices"])  # momentum is checkpointed
+
+
+def test_neuron_watch_counts_rows_that_did_not_move():
+  model = GPT(GPTConfig(**TEST_SHAPE))
+  watch = NeuronWatch(model, nn.state.get_parameters(model))
+  for w in watch.weights: w.realize()
+  watch.snapshot()
+  rows = watch.weights[0].shape[0]
+  delta = np.ones(watch.weights[0].shape, np.float32)
+  delta[: rows // 4] = 0.0  # a quarter of layer 0's neurons get no update
+  delta[rows // 4] = 0.05  # one barely moves: below a tenth of the mean
+  watch.weights[0].assign(watch.weights[0] + Tensor(delta)).realize()
+  Tensor.realize(*watch.accumulate())
+  report = watch.report()
+  assert report["dead_fraction"][0] == pytest.approx((rows // 4 + 1) / rows)
+  assert report["dead_fraction"][1] == 0.0 and report["update_spread"][0] > 0.4
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon", "aurora"])
+def test_a_tiny_model_learns_with(name):
+  settings = TrainSettings(**{**SETTINGS.__dict__, "optimizer": name, "lr": optim.DEFAULT_LR.get(name, 1e-2), "adam_lr": 1e-2, "steps": 20})
+  trainer = make_trainer(settings)
+  losses = [trainer.train_step()[0] for _ in range(20)]
+  assert np.mean(losses[-4:]) < losses[0] - 0.3, losses
+
+
+def test_a_non_finite_update_is_an_error_not_a_silent_step():
+  from aurora_tg.trainer import NonFinite
+  trainer = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "lr": float("inf")}))
+  with pytest.raises(NonFinite, match="update"): trainer.train_step()
