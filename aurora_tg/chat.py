@@ -13,6 +13,11 @@ HELP = """commands:
   /exit           leave (Ctrl-D works too; Ctrl-C stops an answer)"""
 
 
+def stop_tokens(tokenizer: Tokenizer) -> set[int]:
+  """An answer ends at the end of its turn, at the end of text, or where the model starts a new role."""
+  return {tokenizer.special(t) for t in SPECIAL_TOKENS}
+
+
 def fit_context(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list[int]:
   """Render messages plus the assistant prompt in at most `budget` tokens by dropping the oldest turns.
   The system prompt and the newest message always stay; if they alone do not fit, that is the user's to fix."""
@@ -30,7 +35,7 @@ class ChatSession:
   def __init__(self, model: GPT, tokenizer: Tokenizer, sampling: Sampling, system: str | None = None):
     self.tokenizer, self.sampling, self.system = tokenizer, sampling, system
     self.generator = Generator(model)
-    self.stop = {tokenizer.special(t) for t in SPECIAL_TOKENS}  # end of turn, end of text, or a new role
+    self.stop = stop_tokens(tokenizer)
     # the answer keeps at least half the context (or max_tokens, if smaller); older turns make way for it
     self.prompt_budget = model.cfg.block_size - min(sampling.max_tokens, model.cfg.block_size // 2)
     self.reset()

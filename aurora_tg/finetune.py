@@ -1,17 +1,14 @@
 """The stages after pretraining, on the same Trainer: chat SFT (full or with frozen lower layers), LoRA, and
 knowledge distillation from a teacher checkpoint."""
-from dataclasses import replace
-from pathlib import Path
-import numpy as np
 from tinygrad import Tensor, nn
-from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError, checkpoint, lora
-from aurora_tg.chat import stream_text
+from aurora_tg.chat import stop_tokens, stream_text
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
 from aurora_tg.generate import Generator, Sampling
 from aurora_tg.model import GPT, IGNORE_INDEX
 from aurora_tg.sft import ChatData, default_conversations, read_conversations
 from aurora_tg.tokenizer import Tokenizer
+from aurora_tg.optim import adamw
 from aurora_tg.trainer import Trainer, TrainSettings
 
 STAGES = ("pretrain", "sft", "lora", "distill")
@@ -37,26 +34,13 @@ def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
   return [t for t in nn.state.get_parameters(model) if id(t) not in frozen]
 
 
-def adamw(params: list[Tensor], lr: float, weight_decay: float) -> nn.optim.OptimizerGroup:
-  decay, rest = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
-  parts = [nn.optim.AdamW(ps, lr, b1=0.9, b2=0.95, weight_decay=wd) for ps, wd in ((decay, weight_decay), (rest, 0.0)) if ps]
-  return nn.optim.OptimizerGroup(*parts)
-
-
-def settings_for(stage: str, args, base: TrainSettings) -> TrainSettings:
-  given = {k: getattr(args, k) for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every") if getattr(args, k) is not None}
-  s = replace(base, **{**STAGE_DEFAULTS[stage], **given}, seed=args.seed)
-  return replace(s, eval_every=min(s.eval_every, s.steps), warmup=min(s.warmup, max(1, s.steps // 10)))
-
-
-def prepare(stage: str, args, base: TrainSettings):
+def prepare(stage: str, args, settings: TrainSettings):
   """-> (trainer, tokenizer, record, data) for a fine-tuning stage, from --init (and --teacher for distillation)."""
-  if stage == "distill": return prepare_distill(args, base)
+  if stage == "distill": return prepare_distill(args, settings)
   if not args.init: raise UserError(f"--stage {stage} needs --init CHECKPOINT: the pretrained run folder or checkpoint to start from")
-  model, tokenizer, init_record = checkpoint.load_model(args.init)
+  model, tokenizer, _ = checkpoint.load_model(args.init)
   conversations = read_conversations(args.data, warn=lambda line: print(f"warning: {line}")) if args.data else default_conversations()
   data = ChatData(conversations, tokenizer, model.cfg.block_size)
-  settings = settings_for(stage, args, base)
   record = {"config": model.cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": stage, "init": str(checkpoint.resolve(args.init))}
   if stage == "lora":
     cfg = lora.LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets.split(",")))
@@ -70,7 +54,7 @@ def prepare(stage: str, args, base: TrainSettings):
   return trainer, tokenizer, record, data
 
 
-def prepare_distill(args, base: TrainSettings):
+def prepare_distill(args, settings: TrainSettings):
   if not args.teacher: raise UserError("--stage distill needs --teacher CHECKPOINT")
   teacher, tokenizer, _ = checkpoint.load_model(args.teacher)
   if args.init:
@@ -84,7 +68,6 @@ def prepare_distill(args, base: TrainSettings):
   if student.cfg.block_size > teacher.cfg.block_size:
     raise UserError(f"the student's context ({student.cfg.block_size}) is longer than the teacher's ({teacher.cfg.block_size})")
   data = TokenData(tokenize_cached(read_texts(args.data), tokenizer), student.cfg.block_size)
-  settings = settings_for("distill", args, base)
   loss = lambda x, y: distillation_loss(student(x), teacher(x), y, args.distill_alpha, args.distill_temperature)
   trainer = Trainer(student, data, settings, adamw(nn.state.get_parameters(student), settings.lr, settings.weight_decay), loss=loss)
   record = {"config": student.cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": "distill", "teacher": str(checkpoint.resolve(args.teacher))}
@@ -92,13 +75,12 @@ def prepare_distill(args, base: TrainSettings):
 
 
 def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3) -> list[tuple[str, str]]:
-  """Greedy answers to the first n held-out questions."""
-  out = []
+  """Greedy answers to the first n held-out questions, stopping where chat.py stops."""
+  out, generator, stop, user = [], Generator(model), stop_tokens(tokenizer), tokenizer.special("<|user|>")
   for ids, targets in data.val[:n]:
     prompt_len = next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)
-    asked = max(i for i, t in enumerate(ids[:prompt_len]) if t == tokenizer.special("<|user|>")) + 1
+    asked = max(i for i, t in enumerate(ids[:prompt_len]) if t == user) + 1
     question = tokenizer.decode([t for t in ids[asked:prompt_len] if t < tokenizer.eot])  # without role tokens
-    stop = {tokenizer.special(t) for t in ("<|end|>", "<|endoftext|>", "<|user|>")}
-    answer = "".join(stream_text(Generator(model), tokenizer, ids[:prompt_len], Sampling(temperature=0, max_tokens=48), stop))
+    answer = "".join(stream_text(generator, tokenizer, ids[:prompt_len], Sampling(temperature=0, max_tokens=48), stop))
     out.append((question.strip(), answer.strip()))
   return out

@@ -232,14 +232,22 @@ def param_groups(model) -> dict[str, list[Tensor]]:
   return groups
 
 
+def with_decay_split(make, params: list[Tensor], lr: float, weight_decay: float) -> list[Optimizer]:
+  """`make` over params in two parts: weight decay on matrices and embeddings, never on norm gains and biases."""
+  decay, rest = [p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]
+  return [make(ps, lr, wd) for ps, wd in ((decay, weight_decay), (rest, 0.0)) if ps]
+
+
+def adamw(params: list[Tensor], lr: float, weight_decay: float) -> nn.optim.OptimizerGroup:
+  return nn.optim.OptimizerGroup(*with_decay_split(ELEMENTWISE_OPTIMIZERS["adamw"], params, lr, weight_decay))
+
+
 def build_optimizer(model, name: str, lr: float, adam_lr: float, weight_decay: float) -> nn.optim.OptimizerGroup:
   """The optimizer for a model, grouped for the user: with a matrix optimizer, AdamW (at adam_lr) trains embeddings,
-  head, norms and biases; otherwise `name` trains everything. Weight decay never touches norms and biases."""
-  g, adamw = param_groups(model), ELEMENTWISE_OPTIMIZERS["adamw"]
+  head, norms and biases; otherwise `name` trains everything."""
+  g = param_groups(model)
   if name in MATRIX_OPTIMIZERS:
-    parts = [(MATRIX_OPTIMIZERS[name], g["matrices"], lr, weight_decay), (adamw, g["embeddings"], adam_lr, weight_decay),
-             (adamw, g["other"], adam_lr, 0.0)]
-  else:
-    make = ELEMENTWISE_OPTIMIZERS[name]
-    parts = [(make, g["matrices"] + g["embeddings"], lr, weight_decay), (make, g["other"], lr, 0.0)]
-  return nn.optim.OptimizerGroup(*[make(params, rate, wd) for make, params, rate, wd in parts if params])
+    parts = [MATRIX_OPTIMIZERS[name](g["matrices"], lr, weight_decay),
+             *with_decay_split(ELEMENTWISE_OPTIMIZERS["adamw"], g["embeddings"] + g["other"], adam_lr, weight_decay)]
+  else: parts = with_decay_split(ELEMENTWISE_OPTIMIZERS[name], g["matrices"] + g["embeddings"] + g["other"], lr, weight_decay)
+  return nn.optim.OptimizerGroup(*parts)

@@ -30,13 +30,14 @@ def model_config(args, vocab_size: int) -> GPTConfig:
   except ValueError as e: raise UserError(f"impossible model: {e}") from None
 
 
-def train_settings(args) -> TrainSettings:
+def train_settings(args, stage: str = "pretrain") -> TrainSettings:
+  """The preset's defaults, then the optimizer's (pretraining) or the stage's (fine-tuning, always AdamW), then flags."""
   preset = TRAINING_DEFAULTS.get(args.size, TRAINING_DEFAULTS["gpt2"])
-  name = args.optimizer or "adamw"
+  name = (args.optimizer or "adamw") if stage == "pretrain" else "adamw"
   if name not in optim.OPTIMIZERS: raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(optim.OPTIMIZERS)}")
-  lr = optim.DEFAULT_LR.get(name) or preset["lr"]
+  defaults = {**preset, "lr": optim.DEFAULT_LR.get(name) or preset["lr"]} if stage == "pretrain" else {**preset, **finetune.STAGE_DEFAULTS[stage]}
   given = {k: getattr(args, k) for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every") if getattr(args, k) is not None}
-  s = replace(TrainSettings(), **{**preset, "lr": lr, **given}, optimizer=name, adam_lr=preset["lr"], seed=args.seed)
+  s = replace(TrainSettings(), **{**defaults, **given}, optimizer=name, adam_lr=preset["lr"], seed=args.seed)
   for name in ("steps", "batch_size", "grad_accum", "eval_every"):
     if getattr(s, name) < 1: raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
   if s.lr <= 0: raise UserError(f"--lr must be positive, got {s.lr}")
@@ -74,8 +75,7 @@ def train(args) -> int:
   return run_stage("sft", sft_args, device)
 
 
-def prepare_pretrain(args, run_dir: Path, resumed):
-  settings = train_settings(args)
+def prepare_pretrain(args, settings: TrainSettings, run_dir: Path, resumed):
   texts = read_texts(args.data)
   tokenizer = Tokenizer.load(str(run_dir / checkpoint.TOKENIZER_NAME)) if resumed else make_tokenizer(args, texts)
   cfg = model_config(args, tokenizer.n_vocab)
@@ -103,8 +103,9 @@ def run_stage(stage: str, args, device: str) -> int:
     raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or --out for a new run")
   else: args.size = args.size or (DEFAULT_SIZE if stage == "pretrain" else "tiny")
 
-  base = train_settings(args)
-  trainer, tokenizer, record, data = prepare_pretrain(args, run_dir, resumed) if stage == "pretrain" else finetune.prepare(stage, args, base)
+  settings = train_settings(args, stage)
+  if stage == "pretrain": trainer, tokenizer, record, data = prepare_pretrain(args, settings, run_dir, resumed)
+  else: trainer, tokenizer, record, data = finetune.prepare(stage, args, settings)
   if resumed:
     checkpoint.copy_into(trainer.saved_state(), resumed[0], "model weights")
     trainer.restore(resumed[1], resumed[2])
@@ -116,7 +117,7 @@ def run_stage(stage: str, args, device: str) -> int:
   print(f"{stage} | device {device} | model: {num_params(model) / 1e6:.2f}M parameters ({sum(p.numel() for p in trainer.params) / 1e6:.2f}M "
         f"trained), context {model.cfg.block_size}, vocabulary {model.cfg.vocab_size} | data: {len(data.train):,} train / "
         f"{len(data.val):,} val {'tokens' if isinstance(data, TokenData) else 'conversations'} | {s.steps} steps of "
-        f"{s.batch_size * s.grad_accum} x {model.cfg.block_size} tokens, {s.optimizer if stage == 'pretrain' else 'adamw'} at lr {s.lr:g}"
+        f"{s.batch_size * s.grad_accum} x {model.cfg.block_size} tokens, {s.optimizer} at lr {s.lr:g}"
         + (f" | resuming at step {trainer.step}" if resumed else ""))
   start = time.perf_counter()
   try: outcome = trainer.run(run_dir, record)

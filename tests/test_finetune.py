@@ -5,7 +5,8 @@ import pytest
 from tinygrad import Tensor, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError, checkpoint
-from aurora_tg.finetune import adamw, distillation_loss, prepare_distill, sample_answers
+from aurora_tg.finetune import distillation_loss, prepare_distill, sample_answers
+from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig, IGNORE_INDEX
 from aurora_tg.sft import ChatData
 from aurora_tg.tokenizer import train_bpe

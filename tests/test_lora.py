@@ -3,7 +3,8 @@ import numpy as np
 from tinygrad import Tensor, nn
 from tinygrad.nn.state import safe_load
 from aurora_tg import checkpoint, lora
-from aurora_tg.finetune import adamw, frozen_below
+from aurora_tg.finetune import frozen_below
+from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer
 from conftest import TEST_SHAPE
