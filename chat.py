@@ -6,7 +6,7 @@ from aurora_tg import UserError
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description="Chat with an Aurora model.")
-  p.add_argument("--checkpoint", help="a run folder or a checkpoint file (default: the newest under runs/)")
+  p.add_argument("--checkpoint", help="a run folder, a checkpoint file, or a Hugging Face GPT-2 folder (default: the newest under runs/)")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
   p.add_argument("-p", "--prompt", nargs="?", const="-", help="answer one question and exit; without TEXT, read it from stdin")
   p.add_argument("--complete", metavar="TEXT", help="continue raw text instead of chatting (for base models)")
@@ -40,7 +40,7 @@ def run(args) -> int:
   session = chat.ChatSession(model, tokenizer, sampling, args.system)
   if args.prompt is not None: return chat.one_shot(session, args.prompt)
   note = ("\nnote: this model is only pretrained: it continues text rather than answers. Use --complete, or fine-tune "
-          f"it for chat: python train.py --stage sft --init {path.parent}" if record.get("stage") == "pretrain" else "")
+          f"it for chat: python train.py --stage sft --init {checkpoint.run_folder(path)}" if record.get("stage") in ("pretrain", "gpt2") else "")
   chat.interactive(session, f"Aurora chat | {path} | {device} | context {model.cfg.block_size} tokens | /help for commands{note}")
   return 0
 

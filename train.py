@@ -8,8 +8,13 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description="Train an Aurora GPT model. Without --stage (and --data): pretrain, then "
                                           "chat fine-tune on conversations built from Python's documentation.")
   p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora, distill")
-  p.add_argument("--init", help="the checkpoint (run folder or file) a fine-tuning stage starts from")
+  p.add_argument("--init", help="the model fine-tuning starts from: an Aurora run folder or checkpoint, or a Hugging Face GPT-2 folder "
+                 "(config.json + model.safetensors or pytorch_model.bin); without --stage, chat fine-tunes it")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
+  p.add_argument("--dtype", help="compute dtype: float32, or bfloat16/float16 for mixed precision (float32 weights "
+                 "and optimizer state); default float32, bfloat16 for the gpt2 presets where the backend has it")
+  p.add_argument("--devices", help="data parallel: a device list (CUDA:0,CUDA:1) or a count of --device's devices (8); "
+                 "each takes an equal share of every batch")
   p.add_argument("--data", help="pretrain/distill: a text file, a folder of .txt/.md files, or a .jsonl with a 'text' field "
                                 "(default: Python's bundled documentation); sft/lora: a .jsonl of {\"messages\": [...]} "
                                 "(default: conversations built from that documentation)")

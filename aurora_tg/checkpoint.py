@@ -3,9 +3,9 @@ import json, os
 from pathlib import Path
 from tinygrad import Tensor
 from tinygrad.nn.state import safe_save, safe_load, safe_load_metadata, get_state_dict
-from aurora_tg import UserError
+from aurora_tg import UserError, devices, hf
 from aurora_tg.model import GPT, GPTConfig
-from aurora_tg.tokenizer import Tokenizer
+from aurora_tg.tokenizer import Tokenizer, gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
@@ -23,15 +23,34 @@ def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[
   path.parent.mkdir(parents=True, exist_ok=True)
   tensors = {f"model.{k}": v for k, v in model_state.items()} | {f"optim.{k}": v for k, v in optim_state.items()}
   tmp = path.with_name(path.name + ".tmp")
-  safe_save({k: v.realize() for k, v in tensors.items()}, str(tmp), metadata={"aurora": json.dumps(record)})
+  safe_save({k: one_copy(v).realize() for k, v in tensors.items()}, str(tmp), metadata={"aurora": json.dumps(record)})
   os.replace(tmp, path)
   return path
 
 
+def one_copy(t: Tensor) -> Tensor:
+  """A data-parallel tensor's copy on its first device (every device holds the same); others as they are."""
+  return t.to(t.device[0]) if isinstance(t.device, tuple) else t
+
+
 def resolve(path: str | Path) -> Path:
-  """Accept a run folder or a checkpoint file."""
+  """Accept a run folder, a checkpoint file, or a Hugging Face GPT-2 folder (returned as it is)."""
   p = Path(path)
-  return p / CHECKPOINT_NAME if p.is_dir() else p
+  return p / CHECKPOINT_NAME if p.is_dir() and not hf.is_hf_folder(p) else p
+
+
+def run_folder(path: str | Path) -> Path:
+  """The folder a checkpoint lives in, which names the runs fine-tuned from it."""
+  p = resolve(path)
+  return p if p.is_dir() else p.parent
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
+  """-> (tensors, left on disk; the header's metadata). tinygrad's safe_load does not notice a truncated file."""
+  _, _, header = safe_load_metadata(str(path))
+  if path.stat().st_size < max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
+    raise ValueError("file is truncated")
+  return safe_load(str(path)), header.get("__metadata__", {})
 
 
 def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
@@ -39,11 +58,8 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
   p = resolve(path)
   if not p.is_file(): raise UserError(f"no checkpoint at {path}")
   try:
-    _, _, header = safe_load_metadata(str(p))
-    record = json.loads(header["__metadata__"]["aurora"])
-    tensors = safe_load(str(p))
-    if p.stat().st_size < max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
-      raise ValueError("file is truncated")
+    tensors, metadata = read_safetensors(p)
+    record = json.loads(metadata["aurora"])
   except Exception as e:
     raise UserError(f"checkpoint {p} is corrupt or not an Aurora checkpoint ({type(e).__name__}: {e})") from None
   model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
@@ -52,14 +68,15 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
 
 
 def copy_into(targets: dict[str, Tensor], saved: dict[str, Tensor], what: str):
-  """Assign saved tensors into live ones (same names and shapes), on the live tensors' devices."""
+  """Assign saved tensors into live ones (same names and shapes), on the live tensors' devices: a checkpoint holds one
+  copy of each tensor, so one written by any number of devices loads on any other number."""
   missing, extra = targets.keys() - saved.keys(), saved.keys() - targets.keys()
   if missing or extra:
     raise UserError(f"{what} in the checkpoint does not match: missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]}")
   for name, t in targets.items():
     if saved[name].shape != t.shape:
       raise UserError(f"{what} tensor {name} has shape {saved[name].shape} in the checkpoint, {t.shape} here")
-    t.assign(saved[name].to(t.device).cast(t.dtype))
+    t.assign(devices.like(saved[name].to(one_copy(t).device).cast(t.dtype), t))
   Tensor.realize(*targets.values())
 
 
@@ -71,7 +88,13 @@ def newest(root: str | Path = "runs") -> Path:
 
 
 def load_model(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
-  """A model ready for inference, with the tokenizer saved beside its checkpoint, and the run record."""
+  """A model ready for inference, with the tokenizer saved beside its checkpoint, and the run record. A Hugging Face
+  GPT-2 folder comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat tokens."""
+  if hf.is_hf_folder(path):
+    spec = Path(path) / hf.TOKENIZER_NAME
+    tokenizer = Tokenizer.load(str(spec)) if spec.is_file() else gpt2()
+    model = hf.extend_vocab(hf.load_weights(path), tokenizer.n_vocab)
+    return model, tokenizer, {"stage": "gpt2", "config": model.cfg.to_dict(), "tokenizer": tokenizer.fingerprint()}
   weights, _, record = load(path)
   tokenizer = Tokenizer.load(str(resolve(path).parent / TOKENIZER_NAME))
   if tokenizer.fingerprint() != record["tokenizer"]:

@@ -1,6 +1,6 @@
 """Backend selection: tinygrad's DEV picks the device; this module only validates the user's choice."""
-import contextlib
-from tinygrad import Device, Tensor
+import contextlib, os
+from tinygrad import Device, Tensor, dtypes
 from tinygrad.helpers import DEV
 from aurora_tg import UserError
 
@@ -12,6 +12,18 @@ def works(device: str) -> bool:
   with contextlib.suppress(Exception):
     return (Tensor([1.0, 2.0], device=device) * 2).tolist() == [2.0, 4.0]
   return False
+
+
+def supports_dtype(device: str, dtype: str) -> bool:
+  """Store and compute in dtype once. Renderers' own claims are not enough: tinygrad's CPU renderer offers bfloat16
+  on x86, but older clang cannot compile it. The compiler's complaint goes to /dev/null."""
+  saved_stderr = os.dup(2)
+  try:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    stored = (Tensor([1.5, 2.5], device=device).contiguous() * 2).cast(getattr(dtypes, dtype)).realize()
+    return (stored * 2).float().tolist() == [6.0, 10.0]
+  except Exception: return False
+  finally: os.dup2(saved_stderr, 2)
 
 
 def working_devices() -> list[str]:
@@ -28,3 +40,24 @@ def select_device(name: str | None) -> str:
     raise UserError(f"device {name} is not available on this machine; working here: {', '.join(working_devices()) or 'none'}")
   DEV.value = name
   return Device.DEFAULT
+
+
+def parse_devices(spec: str | None) -> tuple[str, ...]:
+  """--devices for data parallelism: a list (CUDA:0,CUDA:1) or a count of the default backend's devices (8).
+  () means one device, the default."""
+  if spec is None: return ()
+  spec = spec.strip().upper()
+  if spec.isdigit(): names = [f"{Device.DEFAULT.split(':')[0]}:{i}" for i in range(int(spec))]
+  else: names = [name.strip() for name in spec.split(",") if name.strip()]
+  if not names: raise UserError(f"--devices needs a device list or a count, got {spec!r}")
+  if len(set(names)) < len(names): raise UserError(f"--devices lists a device twice: {spec}")
+  for name in names:
+    if name.split(":")[0] not in BACKENDS: raise UserError(f"unknown device {name!r} in --devices; backends: {', '.join(BACKENDS)}")
+    if not works(name): raise UserError(f"device {name} in --devices is not available on this machine")
+  select_device(names[0])  # tensors made before they are split start on the first device
+  return tuple(names) if len(names) > 1 else ()
+
+
+def like(t: Tensor, other: Tensor) -> Tensor:
+  """t on other's device: copied to it, or replicated over the devices of a data-parallel (multi-device) tensor."""
+  return t.shard(other.device) if isinstance(other.device, tuple) else t.to(other.device)

@@ -5,7 +5,7 @@ from aurora_tg import UserError, checkpoint, lora
 from aurora_tg.chat import stop_tokens, stream_text
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
 from aurora_tg.generate import Generator, Sampling
-from aurora_tg.model import GPT, IGNORE_INDEX
+from aurora_tg.model import GPT, IGNORE_INDEX, cross_entropy
 from aurora_tg.sft import ChatData, default_conversations, read_conversations
 from aurora_tg.tokenizer import Tokenizer
 from aurora_tg.optim import adamw
@@ -22,7 +22,7 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: T
   log_student = (student_logits / temperature).log_softmax(-1)
   log_teacher = (teacher_logits.detach() / temperature).log_softmax(-1)
   kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
-  ce = student_logits.sparse_categorical_crossentropy(targets, ignore_index=IGNORE_INDEX)
+  ce = cross_entropy(student_logits, targets)
   return alpha * temperature ** 2 * kl + (1 - alpha) * ce
 
 

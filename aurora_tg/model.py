@@ -1,7 +1,7 @@
 """GPT-2 decoder-only transformer on tinygrad, with switches for the LLaMA changes (RoPE, RMSNorm, SwiGLU)."""
 import math
 from dataclasses import dataclass, asdict, fields
-from tinygrad import Tensor, nn
+from tinygrad import Tensor, dtypes, nn
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ class GPTConfig:
   @property
   def mlp_hidden(self) -> int:
     hidden = self.mlp_ratio * self.n_embd
-    return int(hidden) if self.mlp == "gelu" else 16 * math.ceil(2 * hidden / 3 / 16)
+    return round(hidden) if self.mlp == "gelu" else 16 * math.ceil(2 * hidden / 3 / 16)
 
   def to_dict(self) -> dict: return asdict(self)
 
@@ -66,13 +66,34 @@ def stored(x: Tensor) -> Tensor:
   return x.contiguous()
 
 
+# The three ops below run in float32 whatever the input dtype, as mixed-precision training does. Each fixes a failure
+# tests/kernels found in float16: GELU's x**3 overflows below about -40 and its backward turns inf * 0 into NaN;
+# tinygrad's OpenCL renderer emits uncompilable code for the backward of a float16 softmax (e.g. of shape (1, 16));
+# and a float16 log-sum-exp over a 50k vocabulary loses the loss's low digits.
+def gelu(x: Tensor) -> Tensor:
+  """GPT-2's GELU (tanh approximation)."""
+  return x.float().gelu().cast(x.dtype)
+
+
+def softmax(x: Tensor) -> Tensor:
+  """Softmax over the last axis."""
+  return x.float().softmax(-1).cast(x.dtype)
+
+
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+  """Mean cross-entropy over the targets that are not IGNORE_INDEX, in float32."""
+  return logits.float().sparse_categorical_crossentropy(targets, ignore_index=IGNORE_INDEX)
+
+
 class Linear:
   """y = x W^T + b, GPT-2 initialised (normal(0, std), zero bias)."""
   def __init__(self, n_in: int, n_out: int, bias: bool, std: float = 0.02):
     self.weight = Tensor.normal(n_out, n_in, std=std)
     self.bias = Tensor.zeros(n_out) if bias else None
 
-  def __call__(self, x: Tensor) -> Tensor: return x.linear(self.weight.T, self.bias)
+  def __call__(self, x: Tensor) -> Tensor:
+    """In x's dtype: with mixed precision the float32 weights are cast to the compute dtype here."""
+    return x.linear(self.weight.cast(x.dtype).T, None if self.bias is None else self.bias.cast(x.dtype))
 
 
 class Norm:
@@ -83,10 +104,12 @@ class Norm:
     self.bias = Tensor.zeros(dim) if bias and kind == "layernorm" else None
 
   def __call__(self, x: Tensor) -> Tensor:
-    if self.kind == "rmsnorm": x = x * (x.square().mean(-1, keepdim=True) + 1e-6).rsqrt()
-    else: x = x.layernorm(eps=1e-5)
-    x = x * self.weight
-    return stored(x if self.bias is None else x + self.bias)
+    """Normalised in float32 whatever x's dtype (a half-precision mean of squares loses too much), returned in x's."""
+    h = x.float()
+    if self.kind == "rmsnorm": h = h * (h.square().mean(-1, keepdim=True) + 1e-6).rsqrt()
+    else: h = h.layernorm(eps=1e-5)
+    h = h * self.weight
+    return stored((h if self.bias is None else h + self.bias).cast(x.dtype))
 
 
 def rope_tables(head_dim: int, length: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
@@ -100,7 +123,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
   """Rotate pairs (x_i, x_{i+D/2}) by position-dependent angles (the GPT-NeoX / LLaMA "rotate half" layout)."""
   half = x.shape[-1] // 2
   x1, x2 = x[..., :half], x[..., half:]
-  return (x1 * cos - x2 * sin).cat(x2 * cos + x1 * sin, dim=-1)
+  return (x1 * cos - x2 * sin).cat(x2 * cos + x1 * sin, dim=-1).cast(x.dtype)
 
 
 def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -108,8 +131,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
   Tq, Tk = q.shape[2], k.shape[2]
   scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
   # a single query is the newest position and sees every key: no mask, which lets Tk stay symbolic when decoding
-  if Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool").tril(Tk - Tq).where(scores, float("-inf"))
-  return stored(scores.softmax(-1)) @ v
+  if Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool", device=scores.device).tril(Tk - Tq).where(scores, float("-inf"))
+  return stored(softmax(scores)) @ v
 
 
 class Attention:
@@ -138,7 +161,7 @@ class MLP:
     self.c_proj = Linear(cfg.mlp_hidden, cfg.n_embd, cfg.bias, std=proj_std)
 
   def __call__(self, x: Tensor) -> Tensor:
-    h = self.c_gate(x).silu() * self.c_fc(x) if self.swiglu else self.c_fc(x).gelu()
+    h = self.c_gate(x).silu() * self.c_fc(x) if self.swiglu else gelu(self.c_fc(x))
     return self.c_proj(stored(h))
 
 
@@ -162,6 +185,9 @@ class GPT:
     if self.wpe is not None: self.wpe.weight = Tensor.normal(cfg.block_size, cfg.n_embd, std=0.02)
     self.h = [Block(cfg) for _ in range(cfg.n_layer)]
     self.ln_f = Norm(cfg.n_embd, cfg.norm, cfg.bias)
+    # Mixed precision: the weights (and the optimizer's state) stay float32; activations and matmuls run in this
+    # dtype when the trainer sets bfloat16 or float16. Norms, softmax, GELU and the loss run in float32.
+    self.compute_dtype = dtypes.float32
 
   def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0) -> Tensor:
     """Token ids (B, T) -> logits (B, T, vocab). The LM head is tied to the token embedding.
@@ -170,12 +196,13 @@ class GPT:
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
     x = self.wte(idx)
     if self.wpe is not None: x = x + self.wpe.weight[start_pos:start_pos + T]
+    x = x.cast(self.compute_dtype)
     rope = None
     if self.cfg.pos == "rope":  # built inside the graph rather than stored, so the tables never enter the state dict
       cos, sin = rope_tables(self.cfg.head_dim, self.cfg.block_size)
       rope = (cos[start_pos:start_pos + T], sin[start_pos:start_pos + T])
     for i, block in enumerate(self.h): x = block(x, rope, caches[i] if caches else None, start_pos)
-    return self.ln_f(x) @ self.wte.weight.T
+    return self.ln_f(x) @ self.wte.weight.cast(x.dtype).T
 
   def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
     """One preallocated (2, B, heads, block_size, head_dim) key/value buffer per layer, kept outside the model so
@@ -185,7 +212,7 @@ class GPT:
 
   def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over the targets that are not IGNORE_INDEX."""
-    return self(idx).sparse_categorical_crossentropy(targets, ignore_index=IGNORE_INDEX)
+    return cross_entropy(self(idx), targets)
 
 
 def num_params(model: GPT) -> int:

@@ -55,7 +55,7 @@ def row_norm_multipliers(u: Tensor, r: float, b: Tensor, steps: int) -> Tensor:
   reg = (u.square().sum(1).square().max() - r + 1e-3).maximum(0.0)
   def apply(v: Tensor) -> Tensor: return (r + reg) * v - ((u @ (u.T @ (v.unsqueeze(1) * u))) * u).sum(1)
   x, res, p = b.zeros_like(), b, b
-  rs_old, b_norm, active = b.square().sum(), b.square().sum().sqrt().maximum(1e-12), Tensor(1.0)
+  rs_old, b_norm, active = b.square().sum(), b.square().sum().sqrt().maximum(1e-12), Tensor.ones((), device=b.device)
   for _ in range(steps):
     ap = apply(p)
     denom = (p * ap).sum()

@@ -2,7 +2,7 @@
 import argparse, time
 from dataclasses import replace
 from pathlib import Path
-from tinygrad import Tensor
+from tinygrad import Device, Tensor
 from aurora_tg import UserError, checkpoint, devices, finetune, lora, optim
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
 from aurora_tg.generate import Generator, Sampling
@@ -15,7 +15,8 @@ TRAINING_DEFAULTS = {
   "tiny":   dict(steps=200, batch_size=16, lr=3e-3, eval_every=50),
   "small":  dict(steps=500, batch_size=8, lr=3e-3, eval_every=100),
   "medium": dict(steps=2000, batch_size=32, lr=1.5e-3, eval_every=200),
-  "gpt2":   dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, eval_every=250, warmup=300),
+  # nanoGPT's GPT-2 run: 16 x 32 sequences of 1024 = 0.5M tokens a step, bfloat16 compute where the backend has it
+  "gpt2":   dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, eval_every=250, warmup=300, compute_dtype="bfloat16"),
 }
 ARCH_FLAGS = ("norm", "pos", "mlp")
 RECORDED_ARGS = ("size", "data", "tokenizer", "optimizer", "init", "teacher", "freeze", *ARCH_FLAGS)
@@ -37,10 +38,18 @@ def train_settings(args, stage: str = "pretrain") -> TrainSettings:
   if name not in optim.OPTIMIZERS: raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(optim.OPTIMIZERS)}")
   defaults = {**preset, "lr": optim.DEFAULT_LR.get(name) or preset["lr"]} if stage == "pretrain" else {**preset, **finetune.STAGE_DEFAULTS[stage]}
   given = {k: getattr(args, k) for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every") if getattr(args, k) is not None}
-  s = replace(TrainSettings(), **{**defaults, **given}, optimizer=name, adam_lr=preset["lr"], seed=args.seed)
+  s = replace(TrainSettings(), **{**defaults, **given}, optimizer=name, adam_lr=preset["lr"], seed=args.seed,
+              devices=devices.parse_devices(args.devices))
   for name in ("steps", "batch_size", "grad_accum", "eval_every"):
     if getattr(s, name) < 1: raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
   if s.lr <= 0: raise UserError(f"--lr must be positive, got {s.lr}")
+  if args.dtype not in (None, "float32", "bfloat16", "float16"): raise UserError(f"--dtype must be float32, bfloat16 or float16, got {args.dtype!r}")
+  if args.dtype: s = replace(s, compute_dtype=args.dtype)
+  if not devices.supports_dtype(Device.DEFAULT, s.compute_dtype):
+    if args.dtype: raise UserError(f"{Device.DEFAULT} cannot compute in {args.dtype} on this machine; use --dtype float32")
+    s = replace(s, compute_dtype="float32")  # the preset's mixed precision needs a backend that has it
+  if s.devices and s.batch_size % len(s.devices):
+    raise UserError(f"--batch-size {s.batch_size} does not split evenly across {len(s.devices)} devices ({', '.join(s.devices)})")
   return replace(s, warmup=min(s.warmup, max(1, s.steps // 10)))
 
 
@@ -62,11 +71,14 @@ def check_resume_matches(args, record: dict):
 
 
 def train(args) -> int:
-  """No --stage: pretrain, then (on the default data) chat fine-tune. A --stage runs that one stage."""
+  """No --stage: pretrain, then (on the default data) chat fine-tune; with --init, only chat fine-tune that model.
+  A --stage runs that one stage."""
   device = devices.select_device(args.device)
   if args.stage is not None and args.stage not in finetune.STAGES:
     raise UserError(f"unknown stage {args.stage!r}; choose from {', '.join(finetune.STAGES)}")
   if args.stage not in (None, "pretrain"): return run_stage(args.stage, args, device)
+  if args.stage is None and args.init: return run_stage("sft", args, device)
+  if args.init: raise UserError("pretraining starts from scratch; --init names the model a fine-tuning stage starts from")
   code = run_stage("pretrain", args, device)
   if args.stage == "pretrain" or args.data is not None or code != 0: return code
   print("\nchat fine-tuning the pretrained model on conversations built from Python's documentation")
@@ -90,7 +102,7 @@ def prepare_pretrain(args, settings: TrainSettings, run_dir: Path, resumed):
 
 def run_stage(stage: str, args, device: str) -> int:
   if stage == "pretrain": default_out = f"runs/{args.size or DEFAULT_SIZE}"
-  else: default_out = f"{checkpoint.resolve(args.init).parent if args.init else 'runs/' + (args.size or 'tiny')}-{stage}"
+  else: default_out = f"{checkpoint.run_folder(args.init) if args.init else 'runs/' + (args.size or 'tiny')}-{stage}"
   run_dir = Path(args.out or default_out)
   ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
   resumed = None
@@ -124,6 +136,7 @@ def run_stage(stage: str, args, device: str) -> int:
   except NonFinite as e:
     print(f"error: {e}; stopped, the last good checkpoint is kept in {run_dir}")
     return 1
+  trainer.for_inference()
   if outcome == "interrupted":
     print(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume --out {run_dir}")
     return 130

@@ -4,7 +4,7 @@ from typing import Callable
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np
-from tinygrad import Tensor, TinyJit, Context, nn
+from tinygrad import Tensor, TinyJit, Context, dtypes, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint, optim
 from aurora_tg.model import GPT
@@ -26,6 +26,8 @@ class TrainSettings:
   eval_batches: int = 4
   log_every: int = 10
   seed: int = 1337
+  devices: tuple[str, ...] = ()  # data parallel over these (two or more); () trains on the default device
+  compute_dtype: str = "float32"  # bfloat16 or float16: mixed precision (float32 weights and optimizer state)
 
 
 class NonFinite(Exception): pass
@@ -40,8 +42,8 @@ class NeuronWatch:
   def __init__(self, model: GPT, trained: list[Tensor]):
     trained_ids = {id(t) for t in trained}  # frozen layers (and LoRA-wrapped ones) are not watched
     self.weights = [w for block in model.h if id(w := getattr(block.mlp.c_fc, "weight", None)) in trained_ids]
-    self.moved = [Tensor.zeros(w.shape[0]).contiguous().realize() for w in self.weights]
-    self.before = [Tensor.zeros(*w.shape).contiguous().realize() for w in self.weights]
+    self.moved = [Tensor.zeros(w.shape[0], device=w.device).contiguous().realize() for w in self.weights]
+    self.before = [Tensor.zeros_like(w).contiguous().realize() for w in self.weights]
 
   def snapshot(self):
     """Copy the weights before the optimizer step (realized now, so the copy precedes the update)."""
@@ -80,12 +82,33 @@ class Trainer:
     self.params, self.model_params = optimizer.params, nn.state.get_parameters(model)
     # jitted functions must see weights as stored buffers: a still-lazy initialisation would be captured as kernels
     Tensor.realize(*self.model_params, *nn.state.get_parameters(optimizer))
+    if settings.devices: self._replicate(settings.devices)
+    model.compute_dtype = getattr(dtypes, settings.compute_dtype)
     self.base_lrs = [o.lr.item() for o in optimizer.optimizers]
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
     self.step, self.rng, self.last_val_loss = 0, np.random.default_rng(settings.seed), None
     self.watch = NeuronWatch(model, self.params)
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
+
+  def _replicate(self, devices: tuple[str, ...]):
+    """Data parallelism: a copy of every weight and optimizer tensor on each device. Batches are then split along
+    the batch axis, and tinygrad sums the weights' gradients across the devices (its all-reduce)."""
+    seen = set()
+    for t in [*self.model_params, *nn.state.get_parameters(self.optimizer)]:
+      if id(t) not in seen: seen.add(id(t)); t.shard_(devices)
+    for opt in self.optimizer.optimizers: opt.device = devices
+    Tensor.realize(*self.model_params, *nn.state.get_parameters(self.optimizer))
+
+  def for_inference(self):
+    """After training: the model in float32 and, after data-parallel training, on the first device alone."""
+    self.model.compute_dtype = dtypes.float32
+    for p in self.model_params:
+      if isinstance(p.device, tuple): p.replace(p.to(p.device[0]).contiguous().realize())
+
+  def _tensor(self, array) -> Tensor:
+    """A host array as an input: split along its first (batch) axis over the devices when data parallel."""
+    return Tensor(array).shard(self.s.devices, axis=0) if self.s.devices else Tensor(array)
 
   # ----- jitted pieces -----
   def _micro(self, x: Tensor, y: Tensor) -> Tensor:
@@ -101,7 +124,7 @@ class Trainer:
       grads = [acc / self.s.grad_accum for acc in self.grad_sums]
       # a scalar per weight first: fused into one kernel over every weight, the sum fails to link on PoCL
       norm = Tensor.stack(*[g.square().sum().contiguous() for g in grads]).sum().sqrt()
-      scale = (self.s.grad_clip / (norm + 1e-6)).minimum(1.0) if self.s.grad_clip > 0 else Tensor(1.0)
+      scale = (self.s.grad_clip / (norm + 1e-6)).minimum(1.0) if self.s.grad_clip > 0 else norm.ones_like()
       for p, g in zip(self.params, grads): p.grad = g * scale
       for opt, base in zip(self.optimizer.optimizers, self.base_lrs): opt.lr.assign(lr_mult * base)
       self.watch.snapshot()
@@ -119,10 +142,11 @@ class Trainer:
     losses = []
     for _ in range(self.s.grad_accum):
       x, y = self.data.batch(self.rng, self.s.batch_size)
-      losses.append(self._micro_step(Tensor(x), Tensor(y)).item())
+      losses.append(self._micro_step(self._tensor(x), self._tensor(y)).item())
     loss = sum(losses) / len(losses)
     if not math.isfinite(loss): raise NonFinite(f"loss became {loss} at step {self.step}")
-    norm, finite = self._update_step(Tensor([lr_multiplier(self.step, self.s)])).tolist()
+    lr_mult = Tensor([lr_multiplier(self.step, self.s)])
+    norm, finite = self._update_step(lr_mult.shard(self.s.devices) if self.s.devices else lr_mult).tolist()
     if not finite: raise NonFinite(f"the {self.s.optimizer} update at step {self.step} made the weights non-finite")
     self.step += 1
     return loss, norm
@@ -130,7 +154,7 @@ class Trainer:
   def evaluate(self) -> float:
     """Mean validation loss over fixed batches (a fresh generator, so training's sampling is untouched)."""
     rng = np.random.default_rng(self.s.seed + 1)
-    losses = [self._eval_step(*map(Tensor, self.data.batch(rng, self.s.batch_size, "val"))).item() for _ in range(self.s.eval_batches)]
+    losses = [self._eval_step(*map(self._tensor, self.data.batch(rng, self.s.batch_size, "val"))).item() for _ in range(self.s.eval_batches)]
     return sum(losses) / len(losses)
 
   # ----- checkpoints -----

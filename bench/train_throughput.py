@@ -2,6 +2,10 @@
 model and batch in PyTorch when it is importable (the user's alternative is nanoGPT), measured in one run.
 
   python bench/train_throughput.py --size small --batch-size 16 --steps 10 [--device CPU] [--compare-fusion]
+  python bench/train_throughput.py --size gpt2 --batch-size 16 --device CUDA --dtype bfloat16 [--devices 8]
+  python bench/train_throughput.py --size tiny --devices CPU:0,CPU:1 --compare-devices   # data parallel vs one device
+
+Timings are per micro-batch step (forward, backward, update); gradient accumulation repeats the first two.
 """
 import argparse, math, os, sys, time
 from pathlib import Path
@@ -36,12 +40,12 @@ def time_steps(step, n_steps: int) -> float:
   return (time.perf_counter() - start) / n_steps
 
 
-def tinygrad_step(cfg, batch_size: int):
+def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[str, ...] = ()):
   from tinygrad import Tensor
   from aurora_tg.data import TokenData
   from aurora_tg.model import GPT
   from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
-  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6)
+  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, compute_dtype=dtype, devices=devices)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=200_000, dtype=np.int64).astype(np.uint32)
   Tensor.manual_seed(0)
   model = GPT(cfg)
@@ -49,10 +53,12 @@ def tinygrad_step(cfg, batch_size: int):
   return trainer.train_step
 
 
-def torch_step(cfg, batch_size: int):
+def torch_step(cfg, batch_size: int, dtype: str):
+  """nanoGPT's recipe: on CUDA, autocast to the compute dtype (float32 weights and AdamW state) and the fused AdamW."""
   import torch
   import torch.nn as tnn
   torch.manual_seed(0)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
 
   class Block(tnn.Module):
     def __init__(self):
@@ -75,21 +81,23 @@ def torch_step(cfg, batch_size: int):
       self.h, self.ln_f = tnn.ModuleList(Block() for _ in range(cfg.n_layer)), tnn.LayerNorm(cfg.n_embd)
 
     def forward(self, idx, targets):
-      x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+      x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
       for block in self.h: x = block(x)
       logits = self.ln_f(x) @ self.wte.weight.T
       return tnn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
-  model = TorchGPT()
-  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
-  x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size))
+  model = TorchGPT().to(device)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
+  x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
+  autocast = torch.autocast(device, dtype=getattr(torch, dtype), enabled=device == "cuda" and dtype != "float32")
 
   def step():
-    loss = model(x, x)
+    with autocast: loss = model(x, x)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
+    if device == "cuda": torch.cuda.synchronize()
   return step
 
 
@@ -100,19 +108,27 @@ def main():
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--device", help="tinygrad backend (default: tinygrad's pick)")
   p.add_argument("--compare-fusion", action="store_true", help="also time the step without stored activations")
+  p.add_argument("--dtype", default="float32", help="compute dtype: float32, bfloat16 or float16 (mixed precision)")
+  p.add_argument("--devices", help="data parallel over these devices (CUDA:0,CUDA:1 or a count)")
+  p.add_argument("--compare-devices", action="store_true", help="also time the same global batch on one device")
   p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: known GPUs; on CPU numpy's matmul rate)")
   args = p.parse_args()
   if args.device: os.environ["DEV"] = args.device.upper()
   from tinygrad import Device
+  from aurora_tg.devices import parse_devices
   from aurora_tg.model import GPTConfig, PRESETS
+  devices = parse_devices(args.devices)
   cfg = GPTConfig(**{"vocab_size": 50261, **PRESETS[args.size]})
   device = Device.DEFAULT
-  peak = args.peak_tflops * 1e12 if args.peak_tflops else PEAK_FLOPS.get(device.split(":")[0]) or cpu_peak_flops()
+  peak = (args.peak_tflops * 1e12 if args.peak_tflops else PEAK_FLOPS.get(device.split(":")[0]) or cpu_peak_flops()) * max(1, len(devices))
   tokens, fpt = args.batch_size * cfg.block_size, flops_per_token(cfg)
   print(f"preset {args.size}: {cfg.n_layer} layers, width {cfg.n_embd}, context {cfg.block_size}, vocabulary {cfg.vocab_size}; "
         f"batch {args.batch_size} x {cfg.block_size} = {tokens} tokens; {fpt * tokens / 1e9:.2f} GFLOP per step; peak {peak / 1e12:.3f} TFLOPS")
 
-  rows = [(f"aurora (tinygrad, {device})", time_steps(tinygrad_step(cfg, args.batch_size), args.steps))]
+  where = f"{len(devices)} x {devices[0].split(':')[0]}" if devices else device
+  rows = [(f"aurora (tinygrad, {where}, {args.dtype})", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype, devices), args.steps))]
+  if args.compare_devices and devices:
+    rows.append((f"  same batch on one {device}", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype), args.steps)))
   if args.compare_fusion:  # the same step with every activation left for tinygrad to fuse into its consumers
     import aurora_tg.model
     aurora_tg.model.stored = lambda x: x
@@ -120,7 +136,8 @@ def main():
   try:
     import torch
     torch.set_num_threads(os.cpu_count())
-    rows.append((f"nanoGPT-style PyTorch {torch.__version__} (cpu)", time_steps(torch_step(cfg, args.batch_size), args.steps)))
+    torch_device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows.append((f"nanoGPT-style PyTorch {torch.__version__} ({torch_device})", time_steps(torch_step(cfg, args.batch_size, args.dtype), args.steps)))
   except ImportError: print("PyTorch is not importable: no comparison row (pip install torch)")
 
   print(f"\n| {'implementation':<40} | {'ms/step':>8} | {'tokens/s':>9} | {'MFU':>6} | {'vs PyTorch':>10} |")

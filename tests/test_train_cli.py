@@ -76,6 +76,9 @@ def test_nothing_to_resume(tmp_path):
   (["--steps", "0"], "--steps must be at least 1"),
   (["--batch-size", "0"], "--batch-size must be at least 1"),
   (["--optimizer", "adamax-ultra"], "unknown optimizer"),
+  (["--devices", "CPU:0,CPU:1", "--batch-size", "3"], "--batch-size 3 does not split evenly across 2 devices"),
+  (["--devices", "CPU:0,TPU:1"], "unknown device 'TPU:1' in --devices"),
+  (["--devices", "CPU:0,CPU:0"], "lists a device twice"),
 ])
 def test_bad_arguments(args, fragment, text_file, tmp_path):
   assert_one_line_error(train("--size", "tiny", "--data", text_file, "--out", tmp_path / "o", *args), fragment)

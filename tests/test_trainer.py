@@ -1,7 +1,7 @@
 import math
 import numpy as np
 import pytest
-from tinygrad import Tensor
+from tinygrad import Tensor, dtypes, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint
 from aurora_tg.data import TokenData
@@ -108,3 +108,47 @@ def test_corrupt_checkpoint_is_a_user_error(tmp_path, damage):
   path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
   with pytest.raises(UserError, match="corrupt"):
     checkpoint.load(path)
+
+
+TWO_CPUS = ("CPU", "CPU:1")
+
+
+@pytest.mark.parametrize("optimizer,lr", [("adamw", 1e-3), ("aurora", 0.05)])
+def test_two_devices_train_like_one(optimizer, lr):
+  """Data parallel over CPU and CPU:1, each with half of every batch, takes the steps one device takes."""
+  settings = TrainSettings(**{**SETTINGS.__dict__, "optimizer": optimizer, "lr": lr})
+  one, two = make_trainer(settings), make_trainer(TrainSettings(**{**settings.__dict__, "devices": TWO_CPUS}))
+  assert two.model.wte.weight.device == TWO_CPUS
+  for _ in range(3):
+    (loss_one, _), (loss_two, _) = one.train_step(), two.train_step()
+    assert loss_two == pytest.approx(loss_one, abs=1e-5)
+  two.for_inference()
+  for k, w in weights(one).items(): np.testing.assert_allclose(weights(two)[k], w, atol=1e-5, err_msg=k)
+
+
+def test_a_two_device_checkpoint_resumes_on_one(tmp_path):
+  settings = TrainSettings(**{**SETTINGS.__dict__, "lr": 1e-3})
+  two = make_trainer(TrainSettings(**{**settings.__dict__, "devices": TWO_CPUS}))
+  for _ in range(2): two.train_step()
+  two.save(tmp_path, {})
+  one = make_trainer(settings, seed=123)
+  model_state, optim_state, record = checkpoint.load(tmp_path)
+  checkpoint.copy_into(get_state_dict(one.model), model_state, "weights")
+  one.restore(optim_state, record)
+  for _ in range(2):
+    (loss_two, _), (loss_one, _) = two.train_step(), one.train_step()
+    assert loss_one == pytest.approx(loss_two, abs=1e-5)
+  two.for_inference()
+  for k, w in weights(two).items(): np.testing.assert_allclose(weights(one)[k], w, atol=1e-5, err_msg=k)
+
+
+def test_mixed_precision_keeps_float32_weights_and_follows_float32_training():
+  """float16 compute (CPU has it; bfloat16 is the GPU default): the loss tracks float32 training's within half
+  precision's rounding, and weights and optimizer state stay float32."""
+  full = make_trainer()
+  half = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "compute_dtype": "float16"}))
+  for _ in range(3):
+    (loss_full, _), (loss_half, _) = full.train_step(), half.train_step()
+    assert loss_half == pytest.approx(loss_full, rel=1e-2)
+  assert half.model(Tensor([[1, 2, 3]])).dtype == dtypes.float16
+  assert all(t.dtype == dtypes.float32 for t in [*half.params, *nn.state.get_parameters(half.optimizer)] if dtypes.is_float(t.dtype))

@@ -1,0 +1,116 @@
+"""The transformer's layers, forward and gradient, on every backend and dtype: the norms, RoPE, causal attention, the
+embedding lookup, cross-entropy with ignored targets, both MLPs, and one whole block."""
+import numpy as np
+import pytest
+import reference as ref
+from hypothesis import given, strategies as st
+from tinygrad import Tensor, nn
+from aurora_tg.model import GPTConfig, Block, MLP, Norm, apply_rope, causal_attention, cross_entropy, rope_tables
+from kernel_check import FEWER_EXAMPLES, SIZES, SMALL_SIZES, SEEDS, check, normal, on, scales
+
+HEADS = st.sampled_from([1, 2, 3])
+EVEN_HEAD_SIZES = st.sampled_from([2, 4, 6, 8, 16])  # RoPE rotates pairs
+
+
+def with_weights(module, names: list[str], call=None):
+  """A function of (x, *weights) that installs the weights in module under their state-dict names, then returns
+  call(x) (by default module(x)), so the gradients reach the weights the test drew."""
+  def run(x: Tensor, *weights: Tensor) -> Tensor:
+    for name, w in zip(names, weights):
+      *path, attr = name.split(".")
+      owner = module
+      for part in path: owner = getattr(owner, part)
+      setattr(owner, attr, w)
+    return (call or module)(x)
+  return run
+
+
+@given(rows=SMALL_SIZES, dim=SIZES, kind=st.sampled_from(["layernorm", "rmsnorm"]), offset=st.sampled_from([0.0, 10.0]),
+       data=st.data(), seed=SEEDS)
+def test_norm(backend, dtype, rows, dim, kind, offset, data, seed):
+  rng = np.random.default_rng(seed)
+  x = offset + normal(rng, rows, dim, scale=data.draw(scales(dtype)))
+  weight, bias = 1 + normal(rng, dim, scale=0.3), normal(rng, dim, scale=0.3)
+  if kind == "layernorm":
+    with on(backend): check(with_weights(Norm(dim, kind, bias=True), ["weight", "bias"]), ref.layernorm, [x, weight, bias], dtype, seed)
+  else:
+    with on(backend): check(with_weights(Norm(dim, kind, bias=False), ["weight"]), ref.rmsnorm, [x, weight], dtype, seed)
+
+
+@given(batch=SMALL_SIZES, heads=HEADS, length=SIZES, head_size=EVEN_HEAD_SIZES, seed=SEEDS)
+def test_rope(backend, dtype, batch, heads, length, head_size, seed):
+  x = normal(np.random.default_rng(seed), batch, heads, length, head_size)
+  with on(backend): check(lambda t: apply_rope(t, *rope_tables(head_size, length)), ref.rope, [x], dtype, seed)
+
+
+@given(batch=SMALL_SIZES, heads=HEADS, keys=SIZES, head_size=SMALL_SIZES, data=st.data(), seed=SEEDS)
+def test_causal_attention(backend, dtype, batch, heads, keys, head_size, data, seed):
+  """Queries may be fewer than keys: that is a decoding step after a KV-cached prefix."""
+  queries = data.draw(st.integers(1, keys))
+  rng = np.random.default_rng(seed)
+  q, k, v = (normal(rng, batch, heads, n, head_size, scale=2.0) for n in (queries, keys, keys))
+  with on(backend): check(causal_attention, ref.causal_attention, [q, k, v], dtype, seed)
+
+
+@given(vocab=SIZES, dim=SIZES, batch=SMALL_SIZES, length=SMALL_SIZES, seed=SEEDS)
+def test_embedding(backend, dtype, vocab, dim, batch, length, seed):
+  """Repeated ids must add their gradients into the same row."""
+  rng = np.random.default_rng(seed)
+  ids, table = rng.integers(0, vocab, (batch, length)), normal(rng, vocab, dim)
+  def lookup(ids, weight):
+    embedding = nn.Embedding(vocab, dim)
+    embedding.weight = weight
+    return embedding(ids)
+  with on(backend): check(lookup, lambda ids, weight: weight[ids], [ids, table], dtype, seed)
+
+
+@given(rows=SIZES, vocab=SIZES, data=st.data(), seed=SEEDS)
+def test_cross_entropy_ignores_targets(backend, dtype, rows, vocab, data, seed):
+  rng = np.random.default_rng(seed)
+  logits = normal(rng, rows, vocab, scale=data.draw(scales(dtype, large=True)))
+  targets = np.where(rng.random(rows) < 0.4, ref.IGNORE_INDEX, rng.integers(0, vocab, rows))
+  targets[rng.integers(rows)] = rng.integers(vocab)  # at least one counted target: the mean of none is undefined
+  with on(backend): check(cross_entropy, ref.cross_entropy, [logits, targets], dtype, seed)
+
+
+@given(rows=SMALL_SIZES, dim=SIZES, hidden=SIZES, kind=st.sampled_from(["gelu", "swiglu"]), seed=SEEDS)
+def test_mlp(backend, dtype, rows, dim, hidden, kind, seed):
+  rng = np.random.default_rng(seed)
+  x = normal(rng, rows, dim)
+  names = ["c_fc.weight", "c_proj.weight"] + (["c_gate.weight"] if kind == "swiglu" else [])
+  shapes = {"c_fc.weight": (hidden, dim), "c_gate.weight": (hidden, dim), "c_proj.weight": (dim, hidden)}
+  weights = [normal(rng, *shapes[n], scale=shapes[n][1] ** -0.5) for n in names]
+  def reference(x, *weights):
+    w = dict(zip(names, weights))
+    h = ref.silu(x @ w["c_gate.weight"].T) * (x @ w["c_fc.weight"].T) if kind == "swiglu" else ref.gelu(x @ w["c_fc.weight"].T)
+    return h @ w["c_proj.weight"].T
+  with on(backend):
+    mlp = MLP(GPTConfig(n_embd=dim, n_head=1, mlp=kind, bias=False), proj_std=0.02)  # weights of any hidden width go in
+    check(with_weights(mlp, names), reference, [x, *weights], dtype, seed)
+
+
+ARCHITECTURES = {"gpt2": dict(norm="layernorm", pos="learned", mlp="gelu", bias=True),
+                 "llama": dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False)}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@FEWER_EXAMPLES  # the first example of each strategy below is a typical shape, not the smallest: CI may run only it
+@given(batch=st.sampled_from([2, 1]), length=st.sampled_from([5, 1, 2, 3, 7, 13]), heads=st.sampled_from([2, 1, 3]),
+       head_size=st.sampled_from([4, 2, 6, 8, 16]), seed=SEEDS)
+def test_block(backend, arch, batch, length, heads, head_size, seed):
+  """One whole block, gradients with respect to its input and every weight, in float32: every op in it is checked in
+  float16 and bfloat16 above, and a block's backward compiles many kernels (a minute per low-precision dtype on PoCL)."""
+  dtype = "float32"
+  norm, pos, mlp, bias = ARCHITECTURES[arch].values()
+  rng = np.random.default_rng(seed)
+  cfg = GPTConfig(n_layer=1, n_head=heads, n_embd=heads * head_size, block_size=length, norm=norm, pos=pos, mlp=mlp, bias=bias, mlp_ratio=2.0)
+  with on(backend):
+    block = Block(cfg)
+    shapes = {name: t.shape for name, t in nn.state.get_state_dict(block).items()}
+    names = sorted(shapes)
+    weights = [1 + normal(rng, *shapes[n], scale=0.2) if n.startswith("ln_") and n.endswith("weight")
+               else normal(rng, *shapes[n], scale=0.2 if n.endswith("bias") else shapes[n][-1] ** -0.5) for n in names]
+    x = normal(rng, batch, length, cfg.n_embd)
+    rope = rope_tables(head_size, length) if pos == "rope" else None
+    run = with_weights(block, names, lambda x: block(x, rope))
+    check(run, lambda x, *w: ref.block(x, dict(zip(names, w)), heads, norm, pos, mlp), [x, *weights], dtype, seed)

@@ -1,0 +1,44 @@
+"""Matmuls, softmax and the activations, forward and gradient, on every backend and dtype. Softmax, log-softmax and
+GELU are tested as Aurora computes them: in float32 whatever the input dtype (see aurora_tg/model.py)."""
+import numpy as np
+import reference as ref
+from hypothesis import given, strategies as st
+from aurora_tg.model import gelu, softmax
+from kernel_check import SIZES, SMALL_SIZES, SEEDS, check, normal, on, scales
+
+
+@given(m=SIZES, k=SIZES, n=SIZES, seed=SEEDS)
+def test_matmul(backend, dtype, m, k, n, seed):
+  rng = np.random.default_rng(seed)
+  with on(backend): check(lambda a, b: a @ b, np.matmul, [normal(rng, m, k), normal(rng, k, n)], dtype, seed)
+
+
+@given(batch=SMALL_SIZES, heads=SMALL_SIZES, m=SIZES, k=SMALL_SIZES, n=SIZES, seed=SEEDS)
+def test_batched_matmul(backend, dtype, batch, heads, m, k, n, seed):
+  rng = np.random.default_rng(seed)
+  a, b = normal(rng, batch, heads, m, k), normal(rng, batch, heads, k, n)
+  with on(backend): check(lambda a, b: a @ b, np.matmul, [a, b], dtype, seed)
+
+
+@given(rows=SMALL_SIZES, cols=SIZES, data=st.data(), seed=SEEDS)
+def test_softmax(backend, dtype, rows, cols, data, seed):
+  x = normal(np.random.default_rng(seed), rows, cols, scale=data.draw(scales(dtype, large=True)))
+  with on(backend): check(softmax, ref.softmax, [x], dtype, seed)
+
+
+@given(rows=SMALL_SIZES, cols=SIZES, data=st.data(), seed=SEEDS)
+def test_log_softmax(backend, dtype, rows, cols, data, seed):
+  x = normal(np.random.default_rng(seed), rows, cols, scale=data.draw(scales(dtype, large=True)))
+  with on(backend): check(lambda t: t.float().log_softmax(-1), ref.log_softmax, [x], dtype, seed)
+
+
+@given(rows=SMALL_SIZES, cols=SIZES, data=st.data(), seed=SEEDS)
+def test_gelu(backend, dtype, rows, cols, data, seed):
+  x = normal(np.random.default_rng(seed), rows, cols, scale=data.draw(scales(dtype, large=True)))
+  with on(backend): check(gelu, ref.gelu, [x], dtype, seed)
+
+
+@given(rows=SMALL_SIZES, cols=SIZES, data=st.data(), seed=SEEDS)
+def test_silu(backend, dtype, rows, cols, data, seed):
+  x = normal(np.random.default_rng(seed), rows, cols, scale=data.draw(scales(dtype, large=True)))
+  with on(backend): check(lambda t: t.silu(), ref.silu, [x], dtype, seed)
