@@ -31,9 +31,11 @@ def working_devices() -> list[str]:
 
 
 def select_device(name: str | None) -> str:
-  """Make `name` (e.g. CPU, CL, CUDA, METAL, CUDA:1) tinygrad's default device; None keeps tinygrad's own pick."""
+  """Make the backend `name` (CPU, CL, CUDA, METAL, ...) tinygrad's default device; None keeps tinygrad's own pick."""
   if name is None: return Device.DEFAULT
   name = name.upper()
+  if ":" in name:  # tinygrad's DEV reads what follows a colon as a renderer, not a device index
+    raise UserError(f"--device takes a backend such as {name.split(':')[0]}, not {name}; pick devices by index with --devices")
   if name.split(":")[0] not in BACKENDS:
     raise UserError(f"unknown device {name!r}; choose from {', '.join(BACKENDS)} (working here: {', '.join(working_devices())})")
   if not works(name):
@@ -54,7 +56,8 @@ def parse_devices(spec: str | None) -> tuple[str, ...]:
   for name in names:
     if name.split(":")[0] not in BACKENDS: raise UserError(f"unknown device {name!r} in --devices; backends: {', '.join(BACKENDS)}")
     if not works(name): raise UserError(f"device {name} in --devices is not available on this machine")
-  select_device(names[0])  # tensors made before they are split start on the first device
+  if len(names) == 1 and not spec.isdigit(): raise UserError(f"--devices {spec}: data parallel needs two or more devices")
+  select_device(names[0].split(":")[0])  # tensors made before they are split start on the first device's backend
   return tuple(names) if len(names) > 1 else ()
 
 

@@ -126,7 +126,8 @@ def run_stage(stage: str, args, device: str) -> int:
   record["args"] = {k: getattr(args, k) for k in RECORDED_ARGS}
 
   model, s = trainer.model, trainer.s
-  print(f"{stage} | device {device} | model: {num_params(model) / 1e6:.2f}M parameters ({sum(p.numel() for p in trainer.params) / 1e6:.2f}M "
+  where = f"devices {','.join(s.devices)}" if s.devices else f"device {device}"
+  print(f"{stage} | {where}{'' if s.compute_dtype == 'float32' else ', ' + s.compute_dtype + ' compute'} | model: {num_params(model) / 1e6:.2f}M parameters ({sum(p.numel() for p in trainer.params) / 1e6:.2f}M "
         f"trained), context {model.cfg.block_size}, vocabulary {model.cfg.vocab_size} | data: {len(data.train):,} train / "
         f"{len(data.val):,} val {'tokens' if isinstance(data, TokenData) else 'conversations'} | {s.steps} steps of "
         f"{s.batch_size * s.grad_accum} x {model.cfg.block_size} tokens, {s.optimizer} at lr {s.lr:g}"

@@ -79,6 +79,9 @@ def test_nothing_to_resume(tmp_path):
   (["--devices", "CPU:0,CPU:1", "--batch-size", "3"], "--batch-size 3 does not split evenly across 2 devices"),
   (["--devices", "CPU:0,TPU:1"], "unknown device 'TPU:1' in --devices"),
   (["--devices", "CPU:0,CPU:0"], "lists a device twice"),
+  (["--devices", "CPU:1"], "data parallel needs two or more devices"),
+  (["--device", "CPU:1"], "--device takes a backend such as CPU"),
+  (["--dtype", "float8"], "--dtype must be float32, bfloat16 or float16"),
 ])
 def test_bad_arguments(args, fragment, text_file, tmp_path):
   assert_one_line_error(train("--size", "tiny", "--data", text_file, "--out", tmp_path / "o", *args), fragment)
