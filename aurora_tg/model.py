@@ -66,10 +66,10 @@ def stored(x: Tensor) -> Tensor:
   return x.contiguous()
 
 
-# The three ops below run in float32 whatever the input dtype, as mixed-precision training does. Each fixes a failure
-# tests/kernels found in float16: GELU's x**3 overflows below about -40 and its backward turns inf * 0 into NaN;
-# tinygrad's OpenCL renderer emits uncompilable code for the backward of a float16 softmax (e.g. of shape (1, 16));
-# and a float16 log-sum-exp over a 50k vocabulary loses the loss's low digits.
+# The three ops below run in float32 whatever the input dtype, as mixed-precision training does. tests/kernels found
+# two float16 failures this avoids: GELU's x**3 overflows below about -40 and its backward turns inf * 0 into NaN;
+# tinygrad's OpenCL renderer emits uncompilable code for the backward of a float16 softmax (e.g. of shape (1, 16)).
+# The loss needs float32 anyway: a half-precision log-sum-exp over 50k logits loses the loss's low digits.
 def gelu(x: Tensor) -> Tensor:
   """GPT-2's GELU (tanh approximation)."""
   return x.float().gelu().cast(x.dtype)
