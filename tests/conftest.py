@@ -1,4 +1,4 @@
-import os, sys, tempfile
+import contextlib, io, os, subprocess, sys, tempfile
 from pathlib import Path
 
 # Tests run on tinygrad's CPU backend unless DEV picks another; token caches go to a throwaway folder.
@@ -16,10 +16,11 @@ import pytest
 from hypothesis import Phase, settings
 
 # Hypothesis profiles, picked with HYPOTHESIS_PROFILE. Every example compiles fresh kernels (a second or more each,
-# several times that on PoCL), so the default is a few random examples per test; CI replays a fixed set of two
-# (the simplest, then one more), without shrinking a failure at length; `thorough` searches widely.
+# several times that on PoCL), so the default is a few random examples per test; CI runs one fixed example per test
+# and backend (the first of every strategy, chosen to be typical, see tests/kernels/kernel_check.py), without
+# shrinking a failure at length; `thorough` searches widely.
 settings.register_profile("default", max_examples=3, deadline=None)
-settings.register_profile("ci", max_examples=2, deadline=None, derandomize=True, print_blob=True,
+settings.register_profile("ci", max_examples=1, deadline=None, derandomize=True, print_blob=True,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.register_profile("thorough", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
@@ -45,6 +46,25 @@ def text_file(tmp_path):
   p = tmp_path / "corpus.txt"
   p.write_text(sample_text(), encoding="utf-8")
   return p
+
+
+def run_main(main, args, stdin: str = "", cwd=None) -> subprocess.CompletedProcess:
+  """An entry point (train.main, chat.main) run in this process as `python X.py ARGS < stdin` would run it: its exit
+  code, stdout and stderr. In-process because tinygrad generates every kernel's code anew in each process (its disk
+  cache keeps only compiled binaries, and generating takes about half a second a kernel here), so runs of one model
+  share that work. Two tests start the real scripts in a subprocess: test_ctrl_c_saves_and_resumes and
+  test_without_a_checkpoint_chat_says_to_train_one."""
+  from tinygrad.helpers import DEV
+  def utf8_stream(text=""): return io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8")  # real streams, as scripts expect
+  out, err, saved = utf8_stream(), utf8_stream(), (sys.stdin, DEV.value)
+  sys.stdin = utf8_stream(stdin)
+  try:
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(cwd or os.getcwd()):
+      try: code = main([str(a) for a in args])
+      except SystemExit as e: code = e.code  # argparse's usage errors
+  finally: sys.stdin, DEV.value = saved
+  out.flush(), err.flush()
+  return subprocess.CompletedProcess(args, code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
 
 
 def pytest_generate_tests(metafunc):

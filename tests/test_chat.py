@@ -1,4 +1,4 @@
-"""The chat session in-process (context fitting, turns) and chat.py end to end through stdin."""
+"""The chat session (context fitting, turns) and chat.py end to end through stdin."""
 import os, shutil, subprocess, sys
 import numpy as np
 import pytest
@@ -9,7 +9,8 @@ from aurora_tg.chat import ChatSession, fit_context, print_stream
 from aurora_tg.generate import Sampling
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import train_bpe
-from conftest import ROOT, TEST_SHAPE, sample_text
+import chat as chat_script
+from conftest import ROOT, TEST_SHAPE, run_main, sample_text
 
 GREEDY = ["--temperature", "0", "--max-tokens", "12"]
 
@@ -36,8 +37,8 @@ def run_dir(tmp_path_factory, tokenizer):
 
 
 def chat(*args, stdin="", cwd=ROOT):
-  return subprocess.run([sys.executable, str(ROOT / "chat.py"), *map(str, args)], input=stdin, capture_output=True,
-                        text=True, encoding="utf-8", cwd=cwd, env=os.environ | {"PYTHONUNBUFFERED": "1"}, timeout=600)
+  """`python chat.py ARGS < stdin` in cwd, run in this process (see conftest.run_main)."""
+  return run_main(chat_script.main, args, stdin, cwd)
 
 
 def answers(stdout: str) -> list[str]:
@@ -130,7 +131,8 @@ def test_the_default_checkpoint_is_the_newest_under_runs(run_dir):
 
 
 def test_without_a_checkpoint_chat_says_to_train_one(tmp_path):
-  proc = chat(cwd=tmp_path)
+  """The real script, in a subprocess."""
+  proc = subprocess.run([sys.executable, str(ROOT / "chat.py")], capture_output=True, text=True, cwd=tmp_path, timeout=600)
   assert proc.returncode == 2 and "Traceback" not in proc.stderr
   assert proc.stderr.count("\n") == 1 and "python train.py" in proc.stderr
 

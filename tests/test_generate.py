@@ -73,7 +73,9 @@ def test_chunked_prefill_matches_full_forward_and_reuses_a_shared_prefix():
   rng = np.random.default_rng(1)
   first = rng.integers(0, 97, size=13).tolist()
   second = first[:6] + rng.integers(0, 97, size=7).tolist()
+  full_first, full_second = model(Tensor([first, second])).numpy()
   gen = Generator(model, prefill_chunk=4)
-  for ids in (first, second, first[:3]):  # several chunks; then a prompt sharing 6 tokens; then a shorter one
-    np.testing.assert_allclose(gen.prefill(ids), model(Tensor([ids])).numpy()[0, -1], atol=1e-4)
+  # several chunks; then a prompt sharing 6 tokens; then a shorter one (whose logits, causally, are first's at 2)
+  for ids, expected in ((first, full_first[-1]), (second, full_second[-1]), (first[:3], full_first[2])):
+    np.testing.assert_allclose(gen.prefill(ids), expected, atol=1e-4)
     assert gen.cached == ids

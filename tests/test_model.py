@@ -19,17 +19,16 @@ def random_ids(shape, vocab, seed=0) -> np.ndarray:
 def test_causality(pos):
   """Changing tokens after position t never changes the logits at positions <= t."""
   model = make_model(pos=pos)
-  ids = random_ids((1, 16), 97)
-  changed = ids.copy()
-  changed[0, 9:] = (changed[0, 9:] + 1) % 97
-  a, b = model(Tensor(ids)).numpy(), model(Tensor(changed)).numpy()
-  np.testing.assert_allclose(a[0, :9], b[0, :9], atol=1e-5)
-  assert np.abs(a[0, 9:] - b[0, 9:]).max() > 1e-3  # and the later positions do see the change
+  ids = random_ids((2, 16), 97)
+  ids[1, :9] = ids[0, :9]  # the second sequence differs from the first only after position 8
+  a, b = model(Tensor(ids)).numpy()
+  np.testing.assert_allclose(a[:9], b[:9], atol=1e-5)
+  assert np.abs(a[9:] - b[9:]).max() > 1e-3  # and the later positions do see the change
 
 
 def test_initial_loss_is_log_vocab():
   model = make_model()
-  ids = random_ids((4, 17), 97)
+  ids = random_ids((2, 17), 97)
   loss = model.loss(Tensor(ids[:, :-1]), Tensor(ids[:, 1:])).item()
   assert abs(loss - math.log(97)) < 0.1
 

@@ -1,14 +1,15 @@
-"""train.py end to end, in a subprocess: a short run, resume, Ctrl-C, and every bad input's one-line error."""
-import json, os, signal, subprocess, sys, time
+"""train.py end to end: a short run, resume, Ctrl-C (in a real subprocess), and every bad input's one-line error."""
+import json, os, signal, subprocess, sys
 import pytest
-from conftest import ROOT
+import train as train_script
+from conftest import ROOT, run_main
 
 TINY_RUN = ["--size", "tiny", "--steps", "4", "--eval-every", "2", "--batch-size", "4"]
 
 
 def train(*args, check_code=None):
-  proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, args)], capture_output=True, text=True,
-                        env=os.environ | {"PYTHONUNBUFFERED": "1"}, timeout=600)
+  """`python train.py ARGS`, run in this process (see conftest.run_main)."""
+  proc = run_main(train_script.main, args)
   if check_code is not None: assert proc.returncode == check_code, proc.stdout + proc.stderr
   return proc
 

@@ -15,9 +15,10 @@ from tinygrad.helpers import DEV
 TOLERANCE = {"float32": (2e-4, 2e-5), "float16": (1e-2, 1e-2), "bfloat16": (5e-2, 5e-2)}
 LARGEST = {"float32": 3e4, "float16": 1e4, "bfloat16": 3e4}  # the biggest input scale each dtype is tested with
 
-# sizes: 1, primes, odd and non-powers of two are where tiling and vectorisation go wrong
-SIZES = st.sampled_from([1, 2, 3, 5, 7, 8, 11, 13, 16, 17, 31, 64, 67])
-SMALL_SIZES = st.sampled_from([1, 2, 3, 5, 7, 8, 13])
+# sizes: 1, primes, odd and non-powers of two are where tiling and vectorisation go wrong. Each list starts with a
+# typical awkward size, not the smallest: hypothesis tries the first of every list first, and CI runs only that example.
+SIZES = st.sampled_from([13, 1, 2, 3, 5, 7, 8, 11, 16, 17, 31, 64, 67])
+SMALL_SIZES = st.sampled_from([3, 1, 2, 5, 7, 8, 13])
 SEEDS = st.integers(0, 2**31 - 1)
 # for the tests whose examples compile many kernels (a whole block, the polar iteration): a third of the profile's examples
 FEWER_EXAMPLES = settings(max_examples=max(1, settings().max_examples // 3))
@@ -25,7 +26,7 @@ FEWER_EXAMPLES = settings(max_examples=max(1, settings().max_examples // 3))
 
 def scales(dtype: str, large: bool = False):
   """Input magnitudes; the large ones test max-subtraction in softmax and log-sum-exp. The largest comes first:
-  it is the simplest example hypothesis tries, so even CI's two examples include it."""
+  it is the simplest example hypothesis tries, so even CI's one example tests it."""
   return st.sampled_from([LARGEST[dtype], 1e-3, 1.0, 30.0, 1e3] if large else [1.0, 0.1, 3.0])
 
 
