@@ -127,7 +127,8 @@ def test_two_devices_train_like_one(optimizer, lr):
 
 
 def test_a_two_device_checkpoint_resumes_on_one(tmp_path):
-  settings = TrainSettings(**{**SETTINGS.__dict__, "lr": 1e-3})
+  """With gradient accumulation, which data parallelism leaves unchanged."""
+  settings = TrainSettings(**{**SETTINGS.__dict__, "lr": 1e-3, "grad_accum": 2})
   two = make_trainer(TrainSettings(**{**settings.__dict__, "devices": TWO_CPUS}))
   for _ in range(2): two.train_step()
   two.save(tmp_path, {})
