@@ -2,8 +2,9 @@ import contextlib, io, os, subprocess, sys, tempfile
 from pathlib import Path
 
 # Tests run on tinygrad's CPU backend unless DEV picks another; token caches go to a throwaway folder.
-# A DEV set by the user also restricts the kernel tests (tests/kernels) to that one backend.
-USER_DEV = os.environ.get("DEV")
+# A DEV set by the user also restricts the kernel tests (tests/kernels) to that one backend. The user's DEV is kept
+# in AURORA_USER_DEV for pytest-xdist's workers, which inherit the DEV=CPU set here and must not read it as a choice.
+USER_DEV = os.environ.setdefault("AURORA_USER_DEV", os.environ.get("DEV", "")) or None
 os.environ.setdefault("DEV", "CPU")
 os.environ.setdefault("AURORA_CACHE", tempfile.mkdtemp(prefix="aurora-test-cache-"))
 ROOT = Path(__file__).resolve().parents[1]
