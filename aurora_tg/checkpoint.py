@@ -1,9 +1,9 @@
 """Checkpoints: one safetensors file holding model weights, optimizer state and a JSON record of the run."""
-import json, os
+import json
 from pathlib import Path
 from tinygrad import Tensor
 from tinygrad.nn.state import safe_save, safe_load, safe_load_metadata, get_state_dict
-from aurora_tg import UserError, devices, hf
+from aurora_tg import UserError, devices, hf, write_atomically
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import Tokenizer, gpt2
 
@@ -22,9 +22,8 @@ def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[
   path = Path(run_dir) / CHECKPOINT_NAME
   path.parent.mkdir(parents=True, exist_ok=True)
   tensors = {f"model.{k}": v for k, v in model_state.items()} | {f"optim.{k}": v for k, v in optim_state.items()}
-  tmp = path.with_name(path.name + ".tmp")
-  safe_save({k: one_copy(v).realize() for k, v in tensors.items()}, str(tmp), metadata={"aurora": json.dumps(record)})
-  os.replace(tmp, path)
+  write_atomically(path, lambda tmp: safe_save({k: one_copy(v).realize() for k, v in tensors.items()}, tmp,
+                                                metadata={"aurora": json.dumps(record)}))
   return path
 
 

@@ -2,7 +2,7 @@
 import contextlib, hashlib, importlib, inspect, io, json, os, sys, warnings
 from pathlib import Path
 import numpy as np
-from aurora_tg import UserError
+from aurora_tg import UserError, write_atomically
 
 TEXT_SUFFIXES = (".txt", ".md")
 # stdlib modules that open windows, print on import or install things: never imported for their docstrings
@@ -89,9 +89,7 @@ def tokenize_cached(texts: list[str], tokenizer) -> np.ndarray:
     ids = []
     for text in texts: ids.extend(tokenizer.encode(text) + [tokenizer.eot])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    np.asarray(ids, dtype=dtype).tofile(tmp)
-    os.replace(tmp, path)
+    write_atomically(path, np.asarray(ids, dtype=dtype).tofile)
   return np.memmap(path, dtype=dtype, mode="r")
 
 

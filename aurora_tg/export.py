@@ -14,7 +14,7 @@ def main(argv=None) -> int:
     from aurora_tg import checkpoint, devices, hf
     devices.select_device(args.device)
     model, tokenizer, _ = checkpoint.load_model(args.checkpoint)
-    hf.save(model, args.outdir, tokenizer.spec, tokenizer.eot)
+    hf.save(model, args.outdir, tokenizer)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

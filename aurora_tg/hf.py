@@ -1,11 +1,12 @@
 """Hugging Face GPT-2 checkpoints: read the `config.json` + `model.safetensors` (or `pytorch_model.bin`) layout that
 OpenAI's GPT-2 weights ship in, and write it, so Aurora starts from GPT-2 and its models load in other tools."""
-import json, os
+import json
 from pathlib import Path
 from tinygrad import Tensor, Device, dtypes
 from tinygrad.nn.state import get_state_dict, load_state_dict, safe_save, torch_load
-from aurora_tg import UserError
+from aurora_tg import UserError, write_atomically
 from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.tokenizer import Tokenizer
 
 CONFIG_NAME, WEIGHT_NAMES = "config.json", ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_NAME = "aurora_tokenizer.json"  # Aurora's own tokenizer spec, beside the weights of an exported model
@@ -85,7 +86,7 @@ def hf_config(cfg: GPTConfig, eot: int) -> dict:
           "tie_word_embeddings": True}
 
 
-def save(model: GPT, out: str | Path, tokenizer_spec: dict, eot: int):
+def save(model: GPT, out: str | Path, tokenizer: Tokenizer):
   """Write the Hugging Face layout into the folder out; a model without biases gets zero ones, which GPT-2 needs."""
   cfg = model.cfg
   unsupported = {"norm": "rmsnorm", "pos": "rope", "mlp": "swiglu"}
@@ -99,11 +100,5 @@ def save(model: GPT, out: str | Path, tokenizer_spec: dict, eot: int):
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
   write_atomically(out / WEIGHT_NAMES[0], lambda tmp: safe_save({k: v.realize() for k, v in tensors.items()}, tmp, metadata={"format": "pt"}))
-  write_atomically(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(hf_config(cfg, eot), indent=2)))
-  write_atomically(out / TOKENIZER_NAME, lambda tmp: Path(tmp).write_text(json.dumps(tokenizer_spec)))
-
-
-def write_atomically(path: Path, write):
-  tmp = path.with_name(path.name + ".tmp")
-  write(str(tmp))
-  os.replace(tmp, path)
+  write_atomically(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(hf_config(cfg, tokenizer.eot), indent=2)))
+  tokenizer.save(str(out / TOKENIZER_NAME))

@@ -1,7 +1,8 @@
 """Tokenizers: GPT-2's BPE (tiktoken r50k_base) or a BPE trained on the user's corpus; both encode with tiktoken."""
-import base64, hashlib, json, os
+import base64, hashlib, json
+from pathlib import Path
 import tiktoken
-from aurora_tg import UserError
+from aurora_tg import UserError, write_atomically
 
 # Reserved for the chat template; <|endoftext|> separates documents in pretraining.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
@@ -45,9 +46,7 @@ class Tokenizer:
   def fingerprint(self) -> str: return hashlib.sha256(json.dumps(self.spec, sort_keys=True).encode()).hexdigest()[:16]
 
   def save(self, path: str):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f: json.dump(self.spec, f)
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(self.spec)))
 
   @staticmethod
   def load(path: str) -> "Tokenizer":

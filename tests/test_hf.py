@@ -87,7 +87,7 @@ def test_export_then_import_is_bit_identical(tmp_path, bias):
   Tensor.manual_seed(3)
   model = GPT(GPTConfig(**TEST_SHAPE, bias=bias))
   for t in get_state_dict(model).values(): t.assign(Tensor.randn(*t.shape) * 0.3).realize()  # not the init's ones and zeros
-  hf.save(model, tmp_path / "out", gpt2().spec, 50256)
+  hf.save(model, tmp_path / "out", gpt2())
   config = json.loads((tmp_path / "out" / "config.json").read_text())
   assert (config["n_layer"], config["n_embd"], config["vocab_size"], config["n_positions"]) == (2, 32, 97, 16)
   stored = read_safetensors_numpy(tmp_path / "out" / "model.safetensors")
