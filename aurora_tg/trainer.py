@@ -106,9 +106,10 @@ class Trainer:
     for p in self.model_params:
       if isinstance(p.device, tuple): p.replace(p.to(p.device[0]).contiguous().realize())
 
-  def _tensor(self, array) -> Tensor:
-    """A host array as an input: split along its first (batch) axis over the devices when data parallel."""
-    return Tensor(array).shard(self.s.devices, axis=0) if self.s.devices else Tensor(array)
+  def _tensor(self, array, axis: int | None = 0) -> Tensor:
+    """A host array as an input. When data parallel: split along axis (the batch axis) over the devices, or with
+    axis None, a copy on each."""
+    return Tensor(array).shard(self.s.devices, axis=axis) if self.s.devices else Tensor(array)
 
   # ----- jitted pieces -----
   def _micro(self, x: Tensor, y: Tensor) -> Tensor:
@@ -145,8 +146,7 @@ class Trainer:
       losses.append(self._micro_step(self._tensor(x), self._tensor(y)).item())
     loss = sum(losses) / len(losses)
     if not math.isfinite(loss): raise NonFinite(f"loss became {loss} at step {self.step}")
-    lr_mult = Tensor([lr_multiplier(self.step, self.s)])
-    norm, finite = self._update_step(lr_mult.shard(self.s.devices) if self.s.devices else lr_mult).tolist()
+    norm, finite = self._update_step(self._tensor([lr_multiplier(self.step, self.s)], axis=None)).tolist()
     if not finite: raise NonFinite(f"the {self.s.optimizer} update at step {self.step} made the weights non-finite")
     self.step += 1
     return loss, norm
