@@ -40,7 +40,7 @@ def run(args) -> int:
   session = chat.ChatSession(model, tokenizer, sampling, args.system)
   if args.prompt is not None: return chat.one_shot(session, args.prompt)
   note = ("\nnote: this model is only pretrained: it continues text rather than answers. Use --complete, or fine-tune "
-          f"it for chat: python train.py --stage sft --init {checkpoint.run_folder(path)}" if record.get("stage") in ("pretrain", "gpt2") else "")
+          f"it for chat: python train.py --stage sft --init {checkpoint.run_folder(path)}" if record.stage in ("pretrain", "gpt2") else "")
   chat.interactive(session, f"Aurora chat | {path} | {device} | context {model.cfg.block_size} tokens | /help for commands{note}")
   return 0
 

@@ -31,24 +31,27 @@ def parse_args(argv=None):
   p.add_argument("--norm", choices=("layernorm", "rmsnorm"))
   p.add_argument("--pos", choices=("learned", "rope"))
   p.add_argument("--mlp", choices=("gelu", "swiglu"))
-  p.add_argument("--freeze", type=int, help="sft: freeze the embeddings and the lowest N blocks")
-  p.add_argument("--lora-rank", type=int, default=8)
-  p.add_argument("--lora-alpha", type=float, default=16.0)
-  p.add_argument("--lora-dropout", type=float, default=0.0)
-  p.add_argument("--lora-targets", default="c_attn,c_proj,c_fc,c_gate", help="projections that get adapters")
+  p.add_argument("--freeze", type=int, help="sft: freeze the embeddings and the lowest N blocks (default 0)")
+  p.add_argument("--lora-rank", type=int, help="lora: adapter rank (default 8)")
+  p.add_argument("--lora-alpha", type=float, help="lora: adapter scale numerator, scale = alpha / rank (default 16)")
+  p.add_argument("--lora-dropout", type=float, help="lora: dropout on the adapters' input (default 0)")
+  p.add_argument("--lora-targets", help="lora: projections that get adapters (default c_attn,c_proj,c_fc,c_gate)")
   p.add_argument("--teacher", help="distill: the teacher checkpoint (the student is --init, or a new --size model)")
-  p.add_argument("--distill-alpha", type=float, default=0.5, help="weight of the teacher's soft targets against the data's")
-  p.add_argument("--distill-temperature", type=float, default=2.0)
-  p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-  p.add_argument("--seed", type=int, default=1337)
+  p.add_argument("--distill-alpha", type=float, help="distill: weight of the teacher's soft targets against the data's (default 0.5)")
+  p.add_argument("--distill-temperature", type=float, help="distill: softmax temperature of both models (default 2)")
+  p.add_argument("--wandb", metavar="PROJECT", help="also log the metrics to this Weights & Biases project (pip install wandb)")
+  p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
+  p.add_argument("--seed", type=int, help="random seed of initialisation and batch sampling (default 1337)")
   return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  # the flags the user gave, and only those: every default comes from aurora_tg/config.py's table
+  flags = {name: value for name, value in vars(args).items() if value is not None and value is not False}
   try:
     from aurora_tg import run  # imports tinygrad: after argument parsing, so --help stays instant
-    return run.train(args)
+    return run.train(flags)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

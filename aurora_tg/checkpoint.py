@@ -1,14 +1,68 @@
-"""Checkpoints: one safetensors file holding model weights, optimizer state and a JSON record of the run."""
+"""Checkpoints: one safetensors file holding model weights, optimizer state and the run's record (RunRecord)."""
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from tinygrad import Tensor
-from tinygrad.nn.state import safe_save, safe_load, safe_load_metadata, get_state_dict
-from aurora_tg import UserError, devices, hf, write_atomically
+from tinygrad.nn.state import safe_save, get_state_dict
+from aurora_tg import UserError, config, devices, hf, lora
+from aurora_tg.config import StageConfig
+from aurora_tg.files import read_safetensors, safetensors_header, write_atomically
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import Tokenizer, gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
+FORMAT_VERSION = 2  # 1: the untyped dict of Aurora 0.1 (no "version" key), read by _from_version_1
+
+
+@dataclass(frozen=True)
+class RunRecord:
+  """What a checkpoint says of its run: enough to load the model, resume the run and trace where it came from."""
+  stage: str                       # pretrain, sft, lora, distill; "gpt2" for a model imported from Hugging Face
+  model: GPTConfig
+  tokenizer: str                   # fingerprint of the tokenizer.json that must lie beside the checkpoint
+  run: StageConfig | None = None   # the resolved stage config: settings and lineage; None for imported models
+  step: int = 0
+  rng: dict | None = None          # the batch sampler's state
+  elapsed_s: float = 0.0           # training time so far, so a resumed run's clock goes on
+  wandb_id: str | None = None      # the Weights & Biases run a resumed run keeps logging to
+  version: int = FORMAT_VERSION
+
+  @property
+  def lineage(self) -> dict[str, str]:
+    """The checkpoints this run started from: init (for LoRA also the base it needs) and the distillation teacher."""
+    out = {k: getattr(self.run, k) for k in ("init", "teacher") if getattr(self.run, k, None)}
+    return out | ({"base": out["init"]} if self.stage == "lora" else {})
+
+  def to_json(self, run_dir: str | Path) -> str:
+    return json.dumps({"version": self.version, "stage": self.stage, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
+                       "run": self.run.to_dict(run_dir) if self.run else None, "step": self.step, "rng": self.rng,
+                       "elapsed_s": self.elapsed_s, "wandb_id": self.wandb_id})
+
+  @classmethod
+  def from_json(cls, text: str, run_dir: str | Path) -> "RunRecord":
+    d = json.loads(text)
+    if "version" not in d: return _from_version_1(d, run_dir)
+    if d["version"] > FORMAT_VERSION: raise ValueError(f"record format {d['version']} is newer than this Aurora's ({FORMAT_VERSION}): update Aurora")
+    run = config.from_dict(d["run"], run_dir) if d["run"] else None
+    return cls(d["stage"], GPTConfig.from_dict(d["model"]), d["tokenizer"], run, d["step"], d["rng"], d["elapsed_s"], d["wandb_id"])
+
+
+def _from_version_1(d: dict, run_dir: str | Path) -> RunRecord:
+  """Aurora 0.1's record: {config, tokenizer, stage, step, rng, settings, args: {size, data, tokenizer, optimizer,
+  init, teacher, freeze, norm, pos, mlp}} plus lora and base (absolute) for LoRA runs, init or teacher (absolute)."""
+  model, args = GPTConfig.from_dict(d["config"]), d.get("args") or {}
+  run = None
+  if "settings" in d:  # records written by training (not hand-made ones) hold settings and the arguments
+    common = dict(out=str(run_dir), train=config.TrainSettings.from_dict(d["settings"]), data=args.get("data"))
+    shape = dict(size=args.get("size") or config.preset_of(model), norm=model.norm, pos=model.pos, mlp=model.mlp)
+    if d["stage"] == "pretrain":
+      run = config.PretrainConfig(**common, **shape, tokenizer=args.get("tokenizer") or ("bpe" if "vocab_size" in config.PRESETS[shape["size"]] else "gpt2"))
+    elif d["stage"] == "sft": run = config.SFTConfig(**common, init=d["init"], freeze=args.get("freeze") or 0)
+    elif d["stage"] == "lora":
+      run = config.LoRAStageConfig(**common, init=d["base"], lora=lora.LoRAConfig(**{**d["lora"], "targets": tuple(d["lora"]["targets"])}))
+    elif d["stage"] == "distill": run = config.DistillConfig(**common, **shape, teacher=d["teacher"], init=args.get("init"))
+  return RunRecord(d["stage"], model, d["tokenizer"], run, d.get("step", 0), d.get("rng"))
 
 
 def optimizer_state(optimizer, params: list[Tensor]) -> dict[str, Tensor]:
@@ -17,13 +71,13 @@ def optimizer_state(optimizer, params: list[Tensor]) -> dict[str, Tensor]:
   return {k: v for k, v in get_state_dict(optimizer).items() if id(v) not in param_ids}
 
 
-def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[str, Tensor], record: dict) -> Path:
+def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[str, Tensor], record: RunRecord) -> Path:
   """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
   path = Path(run_dir) / CHECKPOINT_NAME
   path.parent.mkdir(parents=True, exist_ok=True)
   tensors = {f"model.{k}": v for k, v in model_state.items()} | {f"optim.{k}": v for k, v in optim_state.items()}
   write_atomically(path, lambda tmp: safe_save({k: one_copy(v).realize() for k, v in tensors.items()}, tmp,
-                                                metadata={"aurora": json.dumps(record)}))
+                                                metadata={"aurora": record.to_json(run_dir)}))
   return path
 
 
@@ -44,23 +98,26 @@ def run_folder(path: str | Path) -> Path:
   return p if p.is_dir() else p.parent
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict]:
-  """-> (tensors, left on disk; the header's metadata). tinygrad's safe_load does not notice a truncated file."""
-  _, _, header = safe_load_metadata(str(path))
-  if path.stat().st_size < max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0):
-    raise ValueError("file is truncated")
-  return safe_load(str(path)), header.get("__metadata__", {})
+def _corrupt(p: Path, e: Exception) -> UserError:
+  return UserError(f"checkpoint {p} is corrupt or not an Aurora checkpoint ({type(e).__name__}: {e})")
 
 
-def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict]:
+def read_record(path: str | Path) -> RunRecord:
+  """The run record alone, from the file's header: no tensor is read."""
+  p = resolve(path)
+  if not p.is_file(): raise UserError(f"no checkpoint at {path}")
+  try: return RunRecord.from_json(safetensors_header(p)["__metadata__"]["aurora"], p.parent)
+  except Exception as e: raise _corrupt(p, e) from None
+
+
+def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], RunRecord]:
   """-> (model tensors, optimizer tensors, run record). Tensors stay on disk until copied into the model."""
   p = resolve(path)
   if not p.is_file(): raise UserError(f"no checkpoint at {path}")
   try:
     tensors, metadata = read_safetensors(p)
-    record = json.loads(metadata["aurora"])
-  except Exception as e:
-    raise UserError(f"checkpoint {p} is corrupt or not an Aurora checkpoint ({type(e).__name__}: {e})") from None
+    record = RunRecord.from_json(metadata["aurora"], p.parent)
+  except Exception as e: raise _corrupt(p, e) from None
   model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
   optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}
   return model, optim, record
@@ -86,25 +143,29 @@ def newest(root: str | Path = "runs") -> Path:
   return found[-1]
 
 
-def load_model(path: str | Path) -> tuple[GPT, Tokenizer, dict]:
+def model_config(path: str | Path) -> GPTConfig:
+  """The shape of the model at path (an Aurora checkpoint or a Hugging Face folder), without loading its weights."""
+  return hf.read_config(Path(path)) if hf.is_hf_folder(path) else read_record(path).model
+
+
+def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   """A model ready for inference, with the tokenizer saved beside its checkpoint, and the run record. A Hugging Face
   GPT-2 folder comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat tokens."""
   if hf.is_hf_folder(path):
     spec = Path(path) / hf.TOKENIZER_NAME
     tokenizer = Tokenizer.load(str(spec)) if spec.is_file() else gpt2()
     model = hf.extend_vocab(hf.load_weights(path), tokenizer.n_vocab)
-    return model, tokenizer, {"stage": "gpt2", "config": model.cfg.to_dict(), "tokenizer": tokenizer.fingerprint()}
+    return model, tokenizer, RunRecord("gpt2", model.cfg, tokenizer.fingerprint())
   weights, _, record = load(path)
   tokenizer = Tokenizer.load(str(resolve(path).parent / TOKENIZER_NAME))
-  if tokenizer.fingerprint() != record["tokenizer"]:
+  if tokenizer.fingerprint() != record.tokenizer:
     raise UserError(f"{resolve(path).parent / TOKENIZER_NAME} is not the tokenizer this checkpoint was trained with")
-  if record.get("stage") == "lora":  # an adapter file: load its base, add the adapters, fold them in
-    from aurora_tg import lora
-    model, _, _ = load_model(record["base"])
-    lora.add_adapters(model, lora.LoRAConfig(**{**record["lora"], "targets": tuple(record["lora"]["targets"])}))
+  if record.stage == "lora":  # an adapter file: load its base, add the adapters, fold them in
+    model, _, _ = load_model(record.lineage["base"])
+    lora.add_adapters(model, record.run.lora)
     copy_into(lora.adapter_state(model), weights, "LoRA adapters")
     lora.merge_adapters(model)
     return model, tokenizer, record
-  model = GPT(GPTConfig.from_dict(record["config"]))
+  model = GPT(record.model)
   copy_into(get_state_dict(model), weights, "model weights")
   return model, tokenizer, record

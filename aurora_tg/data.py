@@ -2,7 +2,8 @@
 import contextlib, hashlib, importlib, inspect, io, json, os, sys, warnings
 from pathlib import Path
 import numpy as np
-from aurora_tg import UserError, write_atomically
+from aurora_tg import UserError
+from aurora_tg.files import write_atomically
 
 TEXT_SUFFIXES = (".txt", ".md")
 # stdlib modules that open windows, print on import or install things: never imported for their docstrings

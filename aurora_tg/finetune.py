@@ -3,17 +3,14 @@ knowledge distillation from a teacher checkpoint."""
 from tinygrad import Tensor, nn
 from aurora_tg import UserError, checkpoint, lora
 from aurora_tg.chat import stop_tokens, stream_text
+from aurora_tg.config import DistillConfig, LoRAStageConfig, SFTConfig
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
 from aurora_tg.generate import Generator, Sampling
 from aurora_tg.model import GPT, IGNORE_INDEX, cross_entropy
 from aurora_tg.sft import ChatData, default_conversations, read_conversations
 from aurora_tg.tokenizer import Tokenizer
 from aurora_tg.optim import adamw
-from aurora_tg.trainer import Trainer, TrainSettings
-
-STAGES = ("pretrain", "sft", "lora", "distill")
-# Fine-tuning defaults: a fraction of pretraining's steps, at a lower rate (LoRA's few weights take a higher one).
-STAGE_DEFAULTS = {"sft": dict(steps=300, lr=1e-3), "lora": dict(steps=300, lr=3e-3), "distill": dict(steps=500, lr=3e-3)}
+from aurora_tg.trainer import Trainer
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, temperature: float) -> Tensor:
@@ -34,53 +31,45 @@ def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
   return [t for t in nn.state.get_parameters(model) if id(t) not in frozen]
 
 
-def prepare(stage: str, args, settings: TrainSettings):
-  """-> (trainer, tokenizer, record, data) for a fine-tuning stage, from --init (and --teacher for distillation)."""
-  if stage == "distill": return prepare_distill(args, settings)
-  if not args.init: raise UserError(f"--stage {stage} needs --init CHECKPOINT: the pretrained run folder or checkpoint to start from")
-  model, tokenizer, _ = checkpoint.load_model(args.init)
-  conversations = read_conversations(args.data, warn=lambda line: print(f"warning: {line}")) if args.data else default_conversations()
-  data = ChatData(conversations, tokenizer, model.cfg.block_size)
-  record = {"config": model.cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": stage, "init": str(checkpoint.resolve(args.init))}
-  if stage == "lora":
-    cfg = lora.LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout, tuple(args.lora_targets.split(",")))
-    try: params = lora.add_adapters(model, cfg)
-    except ValueError as e: raise UserError(str(e)) from None
-    record |= {"lora": cfg.to_dict(), "base": str(checkpoint.resolve(args.init))}
-    trainer = Trainer(model, data, settings, adamw(params, settings.lr, 0.0), saved_state=lambda: lora.adapter_state(model))
-  else:
-    params = frozen_below(model, args.freeze or 0)
-    trainer = Trainer(model, data, settings, adamw(params, settings.lr, settings.weight_decay))
-  return trainer, tokenizer, record, data
+def prepare(cfg: SFTConfig | LoRAStageConfig | DistillConfig) -> tuple[Trainer, Tokenizer, ChatData | TokenData]:
+  """The trainer for a fine-tuning stage, with the tokenizer and data it trains on."""
+  if isinstance(cfg, DistillConfig): return prepare_distill(cfg)
+  model, tokenizer, _ = checkpoint.load_model(cfg.init)
+  conversations = read_conversations(cfg.data, warn=lambda line: print(f"warning: {line}")) if cfg.data else default_conversations()
+  data, s = ChatData(conversations, tokenizer, model.cfg.block_size), cfg.train
+  if isinstance(cfg, LoRAStageConfig):
+    params = lora.add_adapters(model, cfg.lora)
+    return Trainer(model, data, s, adamw(params, s.lr, 0.0), saved_state=lambda: lora.adapter_state(model)), tokenizer, data
+  params = frozen_below(model, cfg.freeze)
+  return Trainer(model, data, s, adamw(params, s.lr, s.weight_decay)), tokenizer, data
 
 
-def prepare_distill(args, settings: TrainSettings):
-  if not args.teacher: raise UserError("--stage distill needs --teacher CHECKPOINT")
-  teacher, tokenizer, _ = checkpoint.load_model(args.teacher)
-  if args.init:
-    student, student_tokenizer, _ = checkpoint.load_model(args.init)
+def prepare_distill(cfg: DistillConfig) -> tuple[Trainer, Tokenizer, TokenData]:
+  teacher, tokenizer, _ = checkpoint.load_model(cfg.teacher)
+  if cfg.init:
+    student, student_tokenizer, _ = checkpoint.load_model(cfg.init)
     if student_tokenizer.fingerprint() != tokenizer.fingerprint():
-      raise UserError(f"teacher {args.teacher} and student {args.init} use different tokenizers; distillation compares "
+      raise UserError(f"teacher {cfg.teacher} and student {cfg.init} use different tokenizers; distillation compares "
                       "their next-token distributions, so they must share one")
-  else:
-    from aurora_tg.run import model_config
-    student = GPT(model_config(args, tokenizer.n_vocab))
+  else: student = GPT(cfg.model_config(tokenizer.n_vocab))
   if student.cfg.block_size > teacher.cfg.block_size:
     raise UserError(f"the student's context ({student.cfg.block_size}) is longer than the teacher's ({teacher.cfg.block_size})")
-  data = TokenData(tokenize_cached(read_texts(args.data), tokenizer), student.cfg.block_size)
-  loss = lambda x, y: distillation_loss(student(x), teacher(x), y, args.distill_alpha, args.distill_temperature)
-  trainer = Trainer(student, data, settings, adamw(nn.state.get_parameters(student), settings.lr, settings.weight_decay), loss=loss)
-  record = {"config": student.cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": "distill", "teacher": str(checkpoint.resolve(args.teacher))}
-  return trainer, tokenizer, record, data
+  data, s = TokenData(tokenize_cached(read_texts(cfg.data), tokenizer), student.cfg.block_size), cfg.train
+  loss = lambda x, y: distillation_loss(student(x), teacher(x), y, cfg.alpha, cfg.temperature)
+  return Trainer(student, data, s, adamw(nn.state.get_parameters(student), s.lr, s.weight_decay), loss=loss), tokenizer, data
 
 
 def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3) -> list[tuple[str, str]]:
-  """Greedy answers to the first n held-out questions, stopping where chat.py stops."""
-  out, generator, stop, user = [], Generator(model), stop_tokens(tokenizer), tokenizer.special("<|user|>")
-  for ids, targets in data.val[:n]:
+  """Greedy answers to n distinct held-out questions, spread over the held-out set (which repeats some, such as the
+  oversampled small talk), stopping where chat.py stops."""
+  prompts, user = {}, tokenizer.special("<|user|>")
+  for ids, targets in data.val:
     prompt_len = next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)
     asked = max(i for i, t in enumerate(ids[:prompt_len]) if t == user) + 1
-    question = tokenizer.decode([t for t in ids[asked:prompt_len] if t < tokenizer.eot])  # without role tokens
-    answer = "".join(stream_text(generator, tokenizer, ids[:prompt_len], Sampling(temperature=0, max_tokens=48), stop))
-    out.append((question.strip(), answer.strip()))
-  return out
+    question = tokenizer.decode([t for t in ids[asked:prompt_len] if t < tokenizer.eot]).strip()  # without role tokens
+    prompts.setdefault(question.lower(), (question, ids[:prompt_len]))
+  distinct = list(prompts.values())
+  picked = [distinct[i * len(distinct) // n] for i in range(min(n, len(distinct)))]
+  generator, stop = Generator(model), stop_tokens(tokenizer)
+  return [(question, "".join(stream_text(generator, tokenizer, prompt, Sampling(temperature=0, max_tokens=48), stop)).strip())
+          for question, prompt in picked]

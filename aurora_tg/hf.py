@@ -4,7 +4,8 @@ import json
 from pathlib import Path
 from tinygrad import Tensor, Device, dtypes
 from tinygrad.nn.state import get_state_dict, load_state_dict, safe_save, torch_load
-from aurora_tg import UserError, write_atomically
+from aurora_tg import UserError
+from aurora_tg.files import read_safetensors, write_atomically
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import Tokenizer
 
@@ -37,7 +38,6 @@ def read_config(folder: Path) -> GPTConfig:
 
 def read_tensors(folder: Path) -> dict[str, Tensor]:
   """The checkpoint's tensors under Aurora's names, still on disk (safetensors) or in the unpickled file."""
-  from aurora_tg.checkpoint import read_safetensors  # checkpoint imports this module
   path = next((folder / n for n in WEIGHT_NAMES if (folder / n).is_file()), None)
   if path is None: raise UserError(f"{folder} has a config.json but neither {' nor '.join(WEIGHT_NAMES)}")
   try: tensors = read_safetensors(path)[0] if path.suffix == ".safetensors" else torch_load(str(path))

@@ -216,10 +216,6 @@ ELEMENTWISE_OPTIMIZERS = {
   "adadelta": lambda p, lr, wd: Adadelta(p, lr), "adamax": lambda p, lr, wd: Adamax(p, lr), "nadam": lambda p, lr, wd: Nadam(p, lr),
 }
 OPTIMIZERS = (*MATRIX_OPTIMIZERS, *ELEMENTWISE_OPTIMIZERS)
-# Learning rates that train the small presets well; None means the preset's AdamW rate. Matrix optimizers take
-# steps of a fixed spectral size, so their rate does not depend on the model's width.
-DEFAULT_LR = {"aurora": 0.05, "aurora-riemannian": 0.05, "muon": 0.05, "lamb": 1e-2, "sgd": 0.3, "rmsprop": 1e-3,
-              "adagrad": 3e-2, "adadelta": 1.0, "adamax": 6e-3}
 
 
 def param_groups(model) -> dict[str, list[Tensor]]:

@@ -2,7 +2,8 @@
 import base64, hashlib, json
 from pathlib import Path
 import tiktoken
-from aurora_tg import UserError, write_atomically
+from aurora_tg import UserError
+from aurora_tg.files import write_atomically
 
 # Reserved for the chat template; <|endoftext|> separates documents in pretraining.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")

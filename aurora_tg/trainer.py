@@ -1,33 +1,15 @@
 """The training loop: jitted gradient and update steps, LR schedule, evaluation, checkpoints and the run log."""
-import json, math, signal, time
+import math, signal, time
 from typing import Callable
-from dataclasses import dataclass, asdict
+from dataclasses import replace
 from pathlib import Path
 import numpy as np
 from tinygrad import Tensor, TinyJit, Context, dtypes, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint, optim
+from aurora_tg.checkpoint import RunRecord
+from aurora_tg.config import TrainSettings
 from aurora_tg.model import GPT
-
-
-@dataclass
-class TrainSettings:
-  steps: int = 300
-  batch_size: int = 16
-  grad_accum: int = 1           # micro-batches per optimizer step
-  optimizer: str = "adamw"       # see optim.OPTIMIZERS
-  lr: float = 3e-3
-  adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
-  warmup: int = 20
-  min_lr_frac: float = 0.1      # cosine decays to lr * min_lr_frac
-  weight_decay: float = 0.1
-  grad_clip: float = 1.0
-  eval_every: int = 50
-  eval_batches: int = 4
-  log_every: int = 10
-  seed: int = 1337
-  devices: tuple[str, ...] = ()  # data parallel over these (two or more); () trains on the default device
-  compute_dtype: str = "float32"  # bfloat16 or float16: mixed precision (float32 weights and optimizer state)
 
 
 class NonFinite(Exception): pass
@@ -87,7 +69,7 @@ class Trainer:
     self.base_lrs = [o.lr.item() for o in optimizer.optimizers]
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
-    self.step, self.rng, self.last_val_loss = 0, np.random.default_rng(settings.seed), None
+    self.step, self.rng, self.last_val_loss, self.elapsed_before = 0, np.random.default_rng(settings.seed), None, 0.0
     self.watch = NeuronWatch(model, self.params)
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
 
@@ -158,24 +140,25 @@ class Trainer:
     return sum(losses) / len(losses)
 
   # ----- checkpoints -----
-  def save(self, run_dir: Path, record: dict) -> Path:
-    record = record | {"step": self.step, "rng": self.rng.bit_generator.state, "settings": asdict(self.s)}
+  def save(self, run_dir: Path, record: RunRecord, elapsed_s: float = 0.0) -> Path:
+    record = replace(record, step=self.step, rng=self.rng.bit_generator.state, elapsed_s=self.elapsed_before + elapsed_s)
     return checkpoint.save(run_dir, self.saved_state(), checkpoint.optimizer_state(self.optimizer, self.params), record)
 
-  def restore(self, optim_state: dict[str, Tensor], record: dict):
+  def restore(self, optim_state: dict[str, Tensor], record: RunRecord):
     checkpoint.copy_into(checkpoint.optimizer_state(self.optimizer, self.params), optim_state, "optimizer state")
-    self.step, self.rng.bit_generator.state = record["step"], record["rng"]
+    self.step, self.rng.bit_generator.state, self.elapsed_before = record.step, record.rng, record.elapsed_s
 
   # ----- the loop -----
-  def run(self, run_dir: Path, record: dict, log=lambda line: print(line, flush=True)) -> str:
-    """Train to s.steps, evaluating, logging and checkpointing; Ctrl-C saves and returns 'interrupted'."""
+  def run(self, run_dir: Path, record: RunRecord, metrics: Callable[[dict], None], log=lambda line: print(line, flush=True)) -> str:
+    """Train to s.steps, evaluating, logging (metrics gets one dict per log line and evaluation) and checkpointing;
+    Ctrl-C saves and returns 'interrupted'."""
     stop = []
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # finish the step, then save
-    metrics = open(run_dir / "metrics.jsonl", "a")
     try:
       start, tokens_per_step = time.perf_counter(), self.s.batch_size * self.s.grad_accum * self.data.block_size
+      elapsed = lambda: self.elapsed_before + time.perf_counter() - start
       first_step, window_start, window_tokens = self.step, start, 0
-      if self.step == 0: self._log_eval(metrics, log, start, train_loss=None)
+      if self.step == 0: self._log_eval(metrics, log, elapsed(), train_loss=None)
       while self.step < self.s.steps and not stop:
         loss, norm = self.train_step()
         window_tokens += tokens_per_step
@@ -188,25 +171,21 @@ class Trainer:
           dead = "/".join(f"{f:.0%}" for f in neurons["dead_fraction"])
           log(f"step {self.step:5d}/{self.s.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {norm:.2f} | "
               f"dead neurons {dead} | {tok_s:,.0f} tok/s | {_duration(eta)} left")
-          metrics.write(json.dumps({"step": self.step, "train_loss": loss, "lr": lr, "tokens_per_s": tok_s,
-                                    "elapsed_s": now - start, **neurons}) + "\n")
+          metrics({"step": self.step, "train_loss": loss, "lr": lr, "tokens_per_s": tok_s, "elapsed_s": elapsed(), **neurons})
           window_start, window_tokens = now, 0
         if self.step % self.s.eval_every == 0 or self.step == self.s.steps:
-          self._log_eval(metrics, log, start, loss)
-          self.save(run_dir, record)  # a killed run loses at most eval_every steps
-      if stop: self.save(run_dir, record)
+          self._log_eval(metrics, log, elapsed(), loss)
+          self.save(run_dir, record, time.perf_counter() - start)  # a killed run loses at most eval_every steps
+      if stop: self.save(run_dir, record, time.perf_counter() - start)
       return "interrupted" if stop else "done"
     finally:
-      metrics.close()
       signal.signal(signal.SIGINT, previous_handler)
 
-  def _log_eval(self, metrics, log, start: float, train_loss: float | None):
+  def _log_eval(self, metrics, log, elapsed_s: float, train_loss: float | None):
     val = self.evaluate()
     self.last_val_loss = val
     log(f"step {self.step:5d}: val loss {val:.4f}")
-    metrics.write(json.dumps({"step": self.step, "train_loss": train_loss, "val_loss": val,
-                              "elapsed_s": time.perf_counter() - start}) + "\n")
-    metrics.flush()
+    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s})
 
 
 def _duration(seconds: float) -> str:

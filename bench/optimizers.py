@@ -13,10 +13,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def train_one(name: str, cfg, data, args) -> dict:
   from tinygrad import Tensor
-  from aurora_tg import optim
+  from aurora_tg.config import DEFAULTS
   from aurora_tg.model import GPT
   from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
-  settings = TrainSettings(optimizer=name, lr=optim.DEFAULT_LR.get(name) or 3e-3, adam_lr=3e-3, steps=args.steps,
+  settings = TrainSettings(optimizer=name, lr=DEFAULTS.get(name, {}).get("lr", 3e-3), adam_lr=3e-3, steps=args.steps,
                            batch_size=args.batch_size, warmup=max(1, args.steps // 20), eval_batches=8, seed=0)
   Tensor.manual_seed(0)
   model = GPT(cfg)

@@ -30,8 +30,7 @@ def run_dir(tmp_path_factory, tokenizer):
   """A checkpoint with random weights, written the way train.py writes one."""
   out = tmp_path_factory.mktemp("chat") / "runs" / "model"
   model = make_model(tokenizer)
-  record = {"config": model.cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": "sft", "args": {}}
-  checkpoint.save(out, get_state_dict(model), {}, record)
+  checkpoint.save(out, get_state_dict(model), {}, checkpoint.RunRecord("sft", model.cfg, tokenizer.fingerprint()))
   tokenizer.save(str(out / checkpoint.TOKENIZER_NAME))
   return out
 

@@ -32,8 +32,7 @@ def test_lora_fine_tuning_a_gpt2_folder_then_exporting_it(tmp_path):
 def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys, arch):
   model = GPT(GPTConfig(**TEST_SHAPE, **arch))
   tokenizer = gpt2()
-  record = {"config": model.cfg.to_dict(), "tokenizer": tokenizer.fingerprint(), "stage": "pretrain"}
-  checkpoint.save(tmp_path / "run", get_state_dict(model), {}, record)
+  checkpoint.save(tmp_path / "run", get_state_dict(model), {}, checkpoint.RunRecord("pretrain", model.cfg, tokenizer.fingerprint()))
   tokenizer.save(str(tmp_path / "run" / checkpoint.TOKENIZER_NAME))
   assert export([str(tmp_path / "run"), str(tmp_path / "out")]) == 2
   err = capsys.readouterr().err.strip()

@@ -1,5 +1,5 @@
 """Distillation's loss, SFT teaching answers, and the fine-tuning stages through train.py and chat.py."""
-import argparse, json
+import json
 import numpy as np
 import pytest
 from tinygrad import Tensor, nn
@@ -10,7 +10,8 @@ from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig, IGNORE_INDEX
 from aurora_tg.sft import ChatData
 from aurora_tg.tokenizer import train_bpe
-from aurora_tg.trainer import Trainer, TrainSettings
+from aurora_tg.config import DistillConfig, TrainSettings
+from aurora_tg.trainer import Trainer
 from conftest import TEST_SHAPE, sample_text
 from test_chat import chat
 from test_train_cli import TINY_RUN, finished_run, train  # noqa: F401  (finished_run is a fixture)
@@ -53,10 +54,10 @@ def test_distillation_needs_a_shared_tokenizer(tmp_path):
   for name, vocab in (("teacher", 300), ("student", 320)):
     tok = train_bpe([sample_text()], vocab)
     model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tok.n_vocab}))
-    checkpoint.save(tmp_path / name, get_state_dict(model), {}, {"config": model.cfg.to_dict(), "tokenizer": tok.fingerprint(), "stage": "pretrain"})
+    checkpoint.save(tmp_path / name, get_state_dict(model), {}, checkpoint.RunRecord("pretrain", model.cfg, tok.fingerprint()))
     tok.save(str(tmp_path / name / checkpoint.TOKENIZER_NAME))
-  args = argparse.Namespace(teacher=str(tmp_path / "teacher"), init=str(tmp_path / "student"))
-  with pytest.raises(UserError, match="must share one"): prepare_distill(args, TrainSettings())
+  cfg = DistillConfig(out=str(tmp_path / "out"), train=TrainSettings(), size="tiny", teacher=str(tmp_path / "teacher"), init=str(tmp_path / "student"))
+  with pytest.raises(UserError, match="must share one"): prepare_distill(cfg)
 
 
 def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):

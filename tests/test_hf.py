@@ -116,7 +116,7 @@ def test_loaded_gpt2_grows_its_vocabulary_for_the_chat_tokens(tmp_path):
   tensors = hf_tensors(**HF_SHAPE)
   model, tokenizer, record = checkpoint.load_model(write_hf_folder(tmp_path / "gpt2", tensors))
   wte = model.wte.weight.numpy()
-  assert model.cfg.vocab_size == tokenizer.n_vocab == wte.shape[0] == 50261 and record["stage"] == "gpt2"
+  assert model.cfg.vocab_size == tokenizer.n_vocab == wte.shape[0] == 50261 and record.stage == "gpt2"
   np.testing.assert_array_equal(wte[:50], tensors["wte.weight"])
   np.testing.assert_allclose(wte[50:], np.broadcast_to(tensors["wte.weight"].mean(0), (50261 - 50, 16)), rtol=1e-5, atol=1e-6)
 

@@ -3,6 +3,7 @@ import numpy as np
 from tinygrad import Tensor, nn
 from tinygrad.nn.state import safe_load
 from aurora_tg import checkpoint, lora
+from aurora_tg.checkpoint import RunRecord
 from aurora_tg.finetune import frozen_below
 from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig
@@ -50,7 +51,7 @@ def test_lora_trains_only_adapters_and_saves_only_them(tmp_path):
     live = state[name] if name in state else state[name.replace(".weight", ".base.weight").replace(".bias", ".base.bias")]
     assert np.array_equal(live.numpy(), value), name  # bit-identical
   assert any(np.abs(t.numpy()).max() > 0 for t in adapters if t.shape[1] == 2)  # B moved
-  path = trainer.save(tmp_path, {"stage": "lora"})
+  path = trainer.save(tmp_path, RunRecord("lora", model.cfg, "test tokenizer"))
   model_keys = [k for k in safe_load(str(path)) if k.startswith("model.")]
   assert model_keys and all(".lora_a" in k or ".lora_b" in k for k in model_keys)
   assert len(model_keys) == 2 * 2 * TEST_SHAPE["n_layer"]

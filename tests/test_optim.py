@@ -7,6 +7,7 @@ from tinygrad import Tensor, Context, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint, optim
 from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.config import DEFAULTS
 from aurora_tg.trainer import NeuronWatch, TrainSettings
 from conftest import TEST_SHAPE
 from test_trainer import SETTINGS, make_trainer
@@ -193,7 +194,7 @@ def test_neuron_watch_counts_rows_that_did_not_move():
 
 @pytest.mark.parametrize("name", ["adamw", "muon", "aurora"])
 def test_a_tiny_model_learns_with(name):
-  settings = TrainSettings(**{**SETTINGS.__dict__, "optimizer": name, "lr": optim.DEFAULT_LR.get(name, 1e-2), "adam_lr": 1e-2, "steps": 20})
+  settings = TrainSettings(**{**SETTINGS.__dict__, "optimizer": name, "lr": DEFAULTS.get(name, {}).get("lr", 1e-2), "adam_lr": 1e-2, "steps": 20})
   trainer = make_trainer(settings)
   losses = [trainer.train_step()[0] for _ in range(20)]
   assert np.mean(losses[-4:]) < losses[0] - 0.3, losses

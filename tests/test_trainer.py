@@ -4,6 +4,7 @@ import pytest
 from tinygrad import Tensor, dtypes, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint
+from aurora_tg.checkpoint import RunRecord
 from aurora_tg.data import TokenData
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer, lr_multiplier
@@ -26,6 +27,9 @@ def make_trainer(settings=SETTINGS, seed=0) -> Trainer:
   return Trainer(model, data, settings, build_optimizer(model, settings))
 
 
+def run_record(trainer: Trainer) -> RunRecord: return RunRecord("pretrain", trainer.model.cfg, "test tokenizer")
+
+
 def weights(trainer: Trainer) -> dict[str, np.ndarray]:
   return {k: v.numpy() for k, v in get_state_dict(trainer.model).items()}
 
@@ -41,10 +45,8 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 def test_training_lowers_validation_loss(tmp_path):
   trainer = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "steps": 30, "eval_every": 30}))
   before = trainer.evaluate()
-  assert trainer.run(tmp_path, {"test": True}, log=lambda _: None) == "done"
+  assert trainer.run(tmp_path, run_record(trainer), metrics=lambda _: None, log=lambda _: None) == "done"
   assert trainer.last_val_loss < 0.7 * before
-  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-  assert '"val_loss"' in lines[0] and '"tokens_per_s"' in lines[1]
 
 
 def test_gradient_accumulation_matches_one_big_batch():
@@ -61,7 +63,7 @@ def test_gradient_accumulation_matches_one_big_batch():
 def test_checkpoint_round_trip_is_bit_exact(tmp_path):
   a = make_trainer()
   a.train_step()
-  a.save(tmp_path, {"config": a.model.cfg.to_dict()})
+  a.save(tmp_path, run_record(a))
   model_state, optim_state, record = checkpoint.load(tmp_path)
   b = make_trainer(seed=99)
   checkpoint.copy_into(get_state_dict(b.model), model_state, "weights")
@@ -69,7 +71,7 @@ def test_checkpoint_round_trip_is_bit_exact(tmp_path):
   for k, w in weights(a).items(): assert np.array_equal(weights(b)[k], w), k
   opt_a, opt_b = (checkpoint.optimizer_state(t.optimizer, t.params) for t in (a, b))
   for k in opt_a: assert np.array_equal(opt_a[k].numpy(), opt_b[k].numpy()), k
-  assert b.step == 1 and record["config"] == a.model.cfg.to_dict()
+  assert b.step == 1 and record.model == a.model.cfg
 
 
 def test_resume_continues_as_if_never_stopped(tmp_path):
@@ -77,7 +79,7 @@ def test_resume_continues_as_if_never_stopped(tmp_path):
   straight_losses = [straight.train_step()[0] for _ in range(6)]
   first = make_trainer()
   losses = [first.train_step()[0] for _ in range(3)]
-  first.save(tmp_path, {})
+  first.save(tmp_path, run_record(first))
   second = make_trainer(seed=123)  # different init: everything must come from the checkpoint
   model_state, optim_state, record = checkpoint.load(tmp_path)
   checkpoint.copy_into(get_state_dict(second.model), model_state, "weights")
@@ -89,13 +91,13 @@ def test_resume_continues_as_if_never_stopped(tmp_path):
 
 def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
   trainer = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "steps": 3, "eval_every": 1}))
-  trainer.run(tmp_path, {}, log=lambda _: None)
+  trainer.run(tmp_path, run_record(trainer), metrics=lambda _: None, log=lambda _: None)
   saved = (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes()
   trainer.s = TrainSettings(**{**trainer.s.__dict__, "steps": 6})
   trainer.params[0].assign(trainer.params[0] * float("nan")).realize()
   from aurora_tg.trainer import NonFinite
   with pytest.raises(NonFinite):
-    trainer.run(tmp_path, {}, log=lambda _: None)
+    trainer.run(tmp_path, run_record(trainer), metrics=lambda _: None, log=lambda _: None)
   assert (tmp_path / checkpoint.CHECKPOINT_NAME).read_bytes() == saved
 
 
@@ -103,7 +105,7 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tmp_path):
 def test_corrupt_checkpoint_is_a_user_error(tmp_path, damage):
   from aurora_tg import UserError
   trainer = make_trainer()
-  path = trainer.save(tmp_path, {})
+  path = trainer.save(tmp_path, run_record(trainer))
   data = path.read_bytes()
   path.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
   with pytest.raises(UserError, match="corrupt"):
@@ -131,7 +133,7 @@ def test_a_two_device_checkpoint_resumes_on_one(tmp_path):
   settings = TrainSettings(**{**SETTINGS.__dict__, "lr": 1e-3, "grad_accum": 2})
   two = make_trainer(TrainSettings(**{**settings.__dict__, "devices": TWO_CPUS}))
   for _ in range(2): two.train_step()
-  two.save(tmp_path, {})
+  two.save(tmp_path, run_record(two))
   one = make_trainer(settings, seed=123)
   model_state, optim_state, record = checkpoint.load(tmp_path)
   checkpoint.copy_into(get_state_dict(one.model), model_state, "weights")

@@ -1,0 +1,306 @@
+"""Run configuration as typed data: every training default in one table, and one validated config per stage
+(pretrain, sft, lora, distill), resolved once from the preset, the optimizer's or stage's defaults, the user's flags
+and, when a run resumes, its own record. Nothing here reads or writes files."""
+import math, os
+from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar
+from pathlib import Path
+from aurora_tg import UserError, devices
+from aurora_tg.lora import LoRAConfig, PROJECTIONS
+from aurora_tg.model import GPTConfig, PRESETS
+from aurora_tg.optim import OPTIMIZERS
+
+STAGES = ("pretrain", "sft", "lora", "distill")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+  """What the trainer runs. These field values are the defaults' first layer; DEFAULTS below holds the rest."""
+  steps: int = 300
+  batch_size: int = 16
+  grad_accum: int = 1            # micro-batches per optimizer step
+  optimizer: str = "adamw"       # see optim.OPTIMIZERS
+  lr: float = 3e-3
+  adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
+  warmup: int = 20               # at most a tenth of the steps
+  min_lr_frac: float = 0.1       # cosine decays to lr * min_lr_frac
+  weight_decay: float = 0.1
+  grad_clip: float = 1.0
+  eval_every: int = 50
+  eval_batches: int = 4
+  log_every: int = 10
+  seed: int = 1337
+  devices: tuple[str, ...] = ()  # data parallel over these (two or more); () trains on the default device
+  compute_dtype: str = "float32"  # bfloat16 or float16: mixed precision (float32 weights and optimizer state)
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TrainSettings":
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: tuple(v) if k == "devices" else v for k, v in d.items() if k in known})
+
+
+# Every training default, one row each. A new run starts from TrainSettings' values above, then takes its preset's
+# row, then its optimizer's row (pretraining) or its stage's row (fine-tuning, which always uses AdamW), then the
+# user's flags. adam_lr, AdamW's rate beside a matrix optimizer, is the preset's lr.
+DEFAULTS: dict[str, dict] = {
+  # presets: "small" is the default run, a few minutes on a 2-core CPU
+  "tiny":        dict(steps=200, batch_size=16, lr=3e-3, eval_every=50),
+  "small":       dict(steps=500, batch_size=8, lr=3e-3, eval_every=100),
+  "medium":      dict(steps=2000, batch_size=32, lr=1.5e-3, eval_every=200),
+  # nanoGPT's GPT-2 run: 16 x 32 sequences of 1024 = 0.5M tokens a step, bfloat16 where the backend has it;
+  # the larger sizes take GPT-3's lower rates for their parameter counts
+  "gpt2":        dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, eval_every=250, warmup=300, compute_dtype="bfloat16"),
+  "gpt2-medium": dict(steps=5000, batch_size=16, grad_accum=32, lr=3e-4, eval_every=250, warmup=300, compute_dtype="bfloat16"),
+  "gpt2-large":  dict(steps=5000, batch_size=16, grad_accum=32, lr=2.5e-4, eval_every=250, warmup=300, compute_dtype="bfloat16"),
+  "gpt2-xl":     dict(steps=5000, batch_size=16, grad_accum=32, lr=2e-4, eval_every=250, warmup=300, compute_dtype="bfloat16"),
+  # optimizers, when pretraining (others use the preset's lr). Matrix optimizers take steps of a fixed spectral
+  # size, so their rate does not depend on the model's width.
+  "aurora": dict(lr=0.05), "aurora-riemannian": dict(lr=0.05), "muon": dict(lr=0.05), "lamb": dict(lr=1e-2),
+  "sgd": dict(lr=0.3), "rmsprop": dict(lr=1e-3), "adagrad": dict(lr=3e-2), "adadelta": dict(lr=1.0), "adamax": dict(lr=6e-3),
+  # fine-tuning stages: a fraction of pretraining's steps at a lower rate (LoRA's few weights take a higher one)
+  "sft":     dict(steps=300, lr=1e-3, grad_accum=1),
+  "lora":    dict(steps=300, lr=3e-3, grad_accum=1),
+  "distill": dict(steps=500, lr=3e-3, grad_accum=1),
+}
+
+# The flags every stage takes, and those of one stage (or a few); a flag of another stage is refused, naming its own.
+# --stage, --device and --resume say how to run, not what: they are not part of a config.
+COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "eval_every", "dtype", "devices", "seed", "wandb")
+STAGE_FLAGS = {
+  "pretrain": ("size", "tokenizer", "norm", "pos", "mlp", "optimizer"),
+  "sft":      ("init", "freeze"),
+  "lora":     ("init", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"),
+  "distill":  ("teacher", "init", "size", "norm", "pos", "mlp", "distill_alpha", "distill_temperature"),
+}
+RUN_FLAGS = ("stage", "device", "resume")
+# A resumed run may go on longer, evaluate at another interval, move to other devices or log elsewhere; anything
+# else it takes from its record.
+RESUME_MAY_CHANGE = ("out", "steps", "eval_every", "devices", "wandb")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+  stage: ClassVar[str]
+  out: str                   # the run folder
+  train: TrainSettings
+  data: str | None = None    # None: Python's documentation (pretrain, distill) or conversations built from it (sft, lora)
+  wandb: str | None = None   # a Weights & Biases project that also gets the metrics
+
+  def to_dict(self, run_dir: str | Path) -> dict:
+    """For the run record. The run folder is where the record lies, not in it; the models it starts from are
+    stored relative to it, so a copied or moved runs/ keeps working."""
+    d = {"stage": self.stage, **asdict(self)}
+    del d["out"]
+    for name in ("init", "teacher"):
+      if d.get(name) and Path(d[name]).exists(): d[name] = os.path.relpath(Path(d[name]).resolve(), Path(run_dir).resolve())
+    return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewModel:
+  """The shape of a model trained from scratch: a preset and the LLaMA switches."""
+  size: str
+  norm: str = "layernorm"
+  pos: str = "learned"
+  mlp: str = "gelu"
+
+  def model_config(self, vocab_size: int) -> GPTConfig:
+    shape = {k: v for k, v in PRESETS[self.size].items() if k != "vocab_size"}
+    try: return GPTConfig(**shape, norm=self.norm, pos=self.pos, mlp=self.mlp, vocab_size=vocab_size)
+    except ValueError as e: raise UserError(f"impossible model: {e}") from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(NewModel, StageConfig):
+  stage = "pretrain"
+  tokenizer: str = "bpe"     # an own BPE trained on the data, or GPT-2's
+
+
+@dataclass(frozen=True, kw_only=True)
+class SFTConfig(StageConfig):
+  stage = "sft"
+  init: str                  # the run folder, checkpoint or Hugging Face folder fine-tuning starts from
+  freeze: int = 0            # embeddings and this many lowest blocks stay frozen
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAStageConfig(StageConfig):
+  stage = "lora"
+  init: str                  # the frozen base
+  lora: LoRAConfig = LoRAConfig()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillConfig(NewModel, StageConfig):
+  stage = "distill"
+  teacher: str
+  init: str | None = None    # the student; None: a new model of `size`
+  alpha: float = 0.5         # weight of the teacher's soft targets against the data's
+  temperature: float = 2.0
+
+
+STAGE_CONFIGS = {cls.stage: cls for cls in (PretrainConfig, SFTConfig, LoRAStageConfig, DistillConfig)}
+
+
+def from_dict(d: dict, run_dir: str | Path) -> StageConfig:
+  """The inverse of StageConfig.to_dict."""
+  cls, d = STAGE_CONFIGS[d["stage"]], {k: v for k, v in d.items() if k != "stage"}
+  d |= {"out": str(run_dir), "train": TrainSettings.from_dict(d["train"])}
+  for name in ("init", "teacher"):
+    if d.get(name) and not Path(d[name]).is_absolute(): d[name] = os.path.normpath(Path(run_dir) / d[name])
+  if "lora" in d: d["lora"] = LoRAConfig(**{**d["lora"], "targets": tuple(d["lora"]["targets"])})
+  return cls(**d)
+
+
+def dash(name: str) -> str: return "--" + name.replace("_", "-")
+
+
+def stage_of(flags: dict) -> str:
+  """--stage, or what the flags imply: fine-tuning with --init, else pretraining."""
+  stage = flags.get("stage") or ("sft" if flags.get("init") else "pretrain")
+  if stage not in STAGES: raise UserError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+  return stage
+
+
+def check_flags(stage: str, flags: dict):
+  """A flag that does not apply to the stage is an error, not silently ignored."""
+  allowed = {*COMMON_FLAGS, *STAGE_FLAGS[stage], *RUN_FLAGS}
+  for name in flags:
+    if name not in allowed:
+      owners = [s for s in STAGES if name in STAGE_FLAGS[s]]
+      raise UserError(f"{dash(name)} applies to --stage {', '.join(owners)}, not to {stage}")
+
+
+def default_out(stage: str, flags: dict) -> str:
+  """runs/<size> for pretraining; a fine-tuned run sits beside the one it started from: runs/<init>-<stage>."""
+  if stage == "pretrain": return f"runs/{flags.get('size') or 'small'}"
+  start = flags.get("init") or f"runs/{flags.get('size') or 'tiny'}"
+  path = Path(start)
+  return f"{path.parent if path.suffix == '.safetensors' else path}-{stage}"
+
+
+def preset_of(cfg: GPTConfig) -> str:
+  """The preset a model's training defaults come from: the one of its width and depth, else the nearest in width."""
+  same = [name for name, p in PRESETS.items() if (p["n_layer"], p["n_embd"]) == (cfg.n_layer, cfg.n_embd)]
+  return same[0] if same else min(PRESETS, key=lambda name: abs(PRESETS[name]["n_embd"] - cfg.n_embd))
+
+
+def train_settings(preset: str, row: str, flags: dict, device: str) -> TrainSettings:
+  """The table's layers for a new run: TrainSettings, the preset's row, the optimizer's or stage's row, then flags."""
+  optimizer = flags.get("optimizer", "adamw")
+  if optimizer not in OPTIMIZERS: raise UserError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+  values = {**DEFAULTS[preset], "adam_lr": DEFAULTS[preset]["lr"], **DEFAULTS.get(row, {}), "optimizer": optimizer}
+  values |= {k: flags[k] for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every", "seed") if k in flags}
+  if "dtype" in flags: values["compute_dtype"] = flags["dtype"]
+  s = TrainSettings(**values)
+  for name in ("steps", "batch_size", "grad_accum", "eval_every"):
+    if getattr(s, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(s, name)}")
+  if not s.lr > 0 or not math.isfinite(s.lr): raise UserError(f"--lr must be positive, got {s.lr}")
+  if s.compute_dtype not in DTYPES: raise UserError(f"--dtype must be float32, bfloat16 or float16, got {s.compute_dtype!r}")
+  if "dtype" not in flags and not devices.supports_dtype(device, s.compute_dtype):
+    s = replace(s, compute_dtype="float32")  # the preset's mixed precision needs a backend that has it
+  return replace(s, warmup=min(s.warmup, max(1, s.steps // 10)), devices=devices.parse_devices(flags.get("devices")))
+
+
+def check_machine(s: TrainSettings, device: str):
+  """What this machine must offer the settings, new or resumed: the compute dtype and an even split of the batch."""
+  if not devices.supports_dtype(device, s.compute_dtype):
+    raise UserError(f"{device} cannot compute in {s.compute_dtype} on this machine; use --dtype float32")
+  if s.devices and s.batch_size % len(s.devices):
+    raise UserError(f"--batch-size {s.batch_size} does not split evenly across {len(s.devices)} devices ({', '.join(s.devices)})")
+
+
+def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None) -> StageConfig:
+  """A new run's config from the user's flags. init_preset: the preset of the model fine-tuning starts from (see
+  preset_of), whose row sets the batch size."""
+  check_flags(stage, flags)
+  size = flags.get("size") or ("small" if stage == "pretrain" else "tiny")
+  if size not in PRESETS: raise UserError(f"unknown size {size!r}; presets: {', '.join(PRESETS)}")
+  preset = init_preset or size
+  data = flags.get("data")
+  if data and Path(data).exists(): data = str(Path(data).resolve())  # a resumed run may start elsewhere
+  common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"),
+                train=train_settings(preset, flags.get("optimizer", "adamw") if stage == "pretrain" else stage, flags, device))
+  model = dict(size=size, **{k: flags[k] for k in ("norm", "pos", "mlp") if k in flags})
+  if stage == "pretrain":
+    tokenizer = flags.get("tokenizer") or ("bpe" if "vocab_size" in PRESETS[size] else "gpt2")
+    cfg = PretrainConfig(**common, **model, tokenizer=tokenizer)
+  elif stage == "distill":
+    if not flags.get("teacher"): raise UserError("--stage distill needs --teacher CHECKPOINT")
+    cfg = DistillConfig(**common, **model, teacher=flags["teacher"], init=flags.get("init"),
+                        alpha=flags.get("distill_alpha", 0.5), temperature=flags.get("distill_temperature", 2.0))
+  elif not flags.get("init"):
+    raise UserError(f"--stage {stage} needs --init CHECKPOINT: the pretrained run folder or checkpoint to start from")
+  elif stage == "sft": cfg = SFTConfig(**common, init=flags["init"], freeze=flags.get("freeze", 0))
+  else:
+    defaults = LoRAConfig()
+    lora = LoRAConfig(rank=flags.get("lora_rank", defaults.rank), alpha=flags.get("lora_alpha", defaults.alpha),
+                      dropout=flags.get("lora_dropout", defaults.dropout),
+                      targets=tuple(flags.get("lora_targets", ",".join(defaults.targets)).split(",")))
+    cfg = LoRAStageConfig(**common, init=flags["init"], lora=lora)
+  validate(cfg)
+  check_machine(cfg.train, device)
+  return cfg
+
+
+def validate(cfg: StageConfig):
+  """Stage options in range (what needs the model, such as --freeze's upper bound, is checked where it is loaded)."""
+  if isinstance(cfg, SFTConfig) and cfg.freeze < 0: raise UserError(f"--freeze must be 0 or more, got {cfg.freeze}")
+  if isinstance(cfg, LoRAStageConfig):
+    lora = cfg.lora
+    if lora.rank < 1: raise UserError(f"--lora-rank must be at least 1, got {lora.rank}")
+    if not lora.alpha > 0: raise UserError(f"--lora-alpha must be positive, got {lora.alpha}")
+    if not 0 <= lora.dropout < 1: raise UserError(f"--lora-dropout must be in [0, 1), got {lora.dropout}")
+    unknown = sorted(set(lora.targets) - set(PROJECTIONS))
+    if unknown: raise UserError(f"unknown --lora-targets {','.join(unknown)}; choose from {','.join(PROJECTIONS)}")
+  if isinstance(cfg, DistillConfig):
+    if not 0 <= cfg.alpha <= 1: raise UserError(f"--distill-alpha must be in [0, 1], got {cfg.alpha}")
+    if not cfg.temperature > 0: raise UserError(f"--distill-temperature must be positive, got {cfg.temperature}")
+
+
+def as_flags(cfg: StageConfig) -> dict:
+  """The flags that would make this config: what a resumed run's own flags are compared with."""
+  t = cfg.train
+  flags = dict(data=cfg.data, steps=t.steps, batch_size=t.batch_size, grad_accum=t.grad_accum, lr=t.lr,
+               eval_every=t.eval_every, dtype=t.compute_dtype, seed=t.seed, optimizer=t.optimizer)
+  flags |= {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in ("size", "tokenizer", "norm", "pos", "mlp", "init", "teacher", "freeze")}
+  if isinstance(cfg, LoRAStageConfig):
+    flags |= dict(lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, lora_targets=",".join(cfg.lora.targets))
+  if isinstance(cfg, DistillConfig): flags |= dict(distill_alpha=cfg.alpha, distill_temperature=cfg.temperature)
+  return flags
+
+
+def _same(name: str, given, recorded) -> bool:
+  if name in ("data", "init", "teacher") and given is not None and recorded is not None:
+    return Path(given).resolve() == Path(recorded).resolve()
+  if name == "lora_targets": return set(given.split(",")) == set(recorded.split(","))
+  return given == recorded
+
+
+def resumed(saved: StageConfig, flags: dict, device: str) -> StageConfig:
+  """The config of a run being resumed: its record's, with only what RESUME_MAY_CHANGE taken from the flags. Any
+  other flag must agree with the record."""
+  check_flags(saved.stage, flags)
+  recorded = as_flags(saved)
+  for name, value in flags.items():
+    if name in RUN_FLAGS or name in RESUME_MAY_CHANGE or _same(name, value, recorded.get(name)): continue
+    raise UserError(f"{dash(name)} {value} does not match the run being resumed ({recorded.get(name)}); "
+                    "drop it, or start a new run with another --out")
+  train = replace(saved.train, **{k: flags[k] for k in ("steps", "eval_every") if k in flags})
+  for name in ("steps", "eval_every"):
+    if getattr(train, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(train, name)}")
+  spec = flags["devices"] if "devices" in flags else ",".join(saved.train.devices) or None
+  cfg = replace(saved, train=replace(train, devices=devices.parse_devices(spec)), wandb=flags.get("wandb", saved.wandb))
+  check_machine(cfg.train, device)
+  return cfg
+
+
+def chat_finetune_after(pretrain: PretrainConfig, device: str) -> SFTConfig:
+  """The default pipeline's second stage: chat fine-tuning of the model pretraining wrote, with the stage's defaults
+  for its preset, and pretraining's batch size, compute dtype, devices and seed."""
+  t = pretrain.train
+  flags = dict(init=pretrain.out, batch_size=t.batch_size, dtype=t.compute_dtype, seed=t.seed)
+  if t.devices: flags["devices"] = ",".join(t.devices)
+  return new_run("sft", flags, device, init_preset=pretrain.size)
+
