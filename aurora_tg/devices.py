@@ -5,6 +5,11 @@ from tinygrad.helpers import DEV
 from aurora_tg import UserError
 
 BACKENDS = ("CUDA", "NV", "AMD", "METAL", "CL", "CPU", "WEBGPU")
+INSTALL_HINT = ("install one: clang for the CPU (apt install clang), an OpenCL driver for CL (apt install pocl-opencl-icd "
+                "runs it on the CPU), NVIDIA's driver for CUDA; METAL comes with macOS")
+# PoCL (OpenCL on CPUs) compiles every kernel with its built-in clang, which prints "1 warning generated." to the
+# process's stderr for some of tinygrad's kernels: -w turns the compiler's warnings off at the source.
+os.environ.setdefault("POCL_EXTRA_BUILD_FLAGS", "-w")
 
 
 def works(device: str) -> bool:
@@ -34,14 +39,17 @@ def working_devices() -> list[str]:
 
 def select_device(name: str | None) -> str:
   """Make the backend `name` (CPU, CL, CUDA, METAL, ...) tinygrad's default device; None keeps tinygrad's own pick."""
-  if name is None: return Device.DEFAULT
+  if name is None:
+    try: return Device.DEFAULT
+    except RuntimeError: raise UserError(f"no tinygrad backend works on this machine; {INSTALL_HINT}") from None
   name = name.upper()
   if ":" in name:  # tinygrad's DEV reads what follows a colon as a renderer, not a device index
     raise UserError(f"--device takes a backend such as {name.split(':')[0]}, not {name}; pick devices by index with --devices")
   if name.split(":")[0] not in BACKENDS:
     raise UserError(f"unknown device {name!r}; choose from {', '.join(BACKENDS)} (working here: {', '.join(working_devices())})")
   if not works(name):
-    raise UserError(f"device {name} is not available on this machine; working here: {', '.join(working_devices()) or 'none'}")
+    working = ", ".join(working_devices())
+    raise UserError(f"device {name} is not available on this machine; " + (f"working here: {working}" if working else f"none works here: {INSTALL_HINT}"))
   DEV.value = name
   return Device.DEFAULT
 

@@ -33,6 +33,7 @@ def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
 
 def prepare(cfg: SFTConfig | LoRAStageConfig | DistillConfig) -> tuple[Trainer, Tokenizer, ChatData | TokenData]:
   """The trainer for a fine-tuning stage, with the tokenizer and data it trains on."""
+  Tensor.manual_seed(cfg.train.seed)  # new weights (LoRA adapters, a new student) start alike in every run of a config
   if isinstance(cfg, DistillConfig): return prepare_distill(cfg)
   model, tokenizer, _ = checkpoint.load_model(cfg.init)
   conversations = read_conversations(cfg.data, warn=lambda line: print(f"warning: {line}")) if cfg.data else default_conversations()

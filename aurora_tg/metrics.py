@@ -47,8 +47,13 @@ def flat(metrics: dict) -> dict:
   return out
 
 
-def start_wandb(run_dir: Path, project: str, run_id: str, config: dict):
-  """W&B is optional: it is imported only for runs that ask for it. WANDB_MODE=offline logs into run_dir/wandb."""
+def require_wandb():
+  """W&B is optional: imported only for runs that ask for it, and checked before they start."""
   try: import wandb
   except ImportError: raise UserError("--wandb needs Weights & Biases: pip install wandb") from None
-  return wandb.init(project=project, id=run_id, resume="allow", name=Path(run_dir).name, dir=str(run_dir), config=config)
+  return wandb
+
+
+def start_wandb(run_dir: Path, project: str, run_id: str, config: dict):
+  """WANDB_MODE=offline logs into run_dir/wandb, without an account."""
+  return require_wandb().init(project=project, id=run_id, resume="allow", name=Path(run_dir).name, dir=str(run_dir), config=config)

@@ -8,7 +8,7 @@ from aurora_tg.checkpoint import RunRecord
 from aurora_tg.config import PretrainConfig, StageConfig
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
 from aurora_tg.generate import Generator, Sampling
-from aurora_tg.metrics import RunLog, new_wandb_id
+from aurora_tg.metrics import RunLog, new_wandb_id, require_wandb
 from aurora_tg.model import GPT, PRESETS, num_params
 from aurora_tg.tokenizer import Tokenizer, gpt2, train_bpe
 from aurora_tg.trainer import Trainer, NonFinite, build_optimizer
@@ -18,6 +18,7 @@ def plan(flags: dict, device: str) -> list[tuple[StageConfig, bool]]:
   """The stages to run, each with whether it resumes. Without --stage (and --data), pretraining is followed by chat
   fine-tuning; with --init alone, that model is chat fine-tuned. --resume takes the config from the run's record."""
   stage = config.stage_of(flags)
+  if not flags.get("resume"): config.check_flags(stage, flags)  # a resumed run's stage is in its record
   out = Path(flags.get("out") or config.default_out(stage, flags))
   if flags.get("resume"):
     saved = checkpoint.read_record(out / checkpoint.CHECKPOINT_NAME) if (out / checkpoint.CHECKPOINT_NAME).exists() else None
@@ -39,6 +40,7 @@ def train(flags: dict) -> int:
   """Run the planned stages in order; stop at the first that does not finish."""
   device = devices.select_device(flags.get("device"))
   stages = plan(flags, device)
+  if any(cfg.wandb for cfg, _ in stages): require_wandb()
   for i, (cfg, resume) in enumerate(stages):
     if i: print("\nchat fine-tuning the pretrained model on conversations built from Python's documentation")
     code = run_stage(cfg, resume, device)

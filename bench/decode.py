@@ -1,5 +1,6 @@
 """Generation speed: prefill tokens/s, decode tokens/s with the KV cache, and decode without it (every new token
-recomputes the whole sequence), for one preset with random weights, measured in one run.
+recomputes the whole sequence), for one preset with random weights, measured in one run. When PyTorch and Hugging
+Face transformers are importable, their GPT2LMHeadModel in the same shapes is the baseline.
 
   python bench/decode.py --size small [--prompt-len N] [--tokens N] [--device CPU]
 """
@@ -15,6 +16,38 @@ def timed(fn, repeats: int) -> float:
   start = time.perf_counter()
   for _ in range(repeats): fn()
   return (time.perf_counter() - start) / repeats
+
+
+def transformers_times(cfg, prompt: list[int], prompt_len: int, tokens: int) -> tuple[str, float, float] | None:
+  """Hugging Face GPT-2 with random weights in float32 (as Aurora decodes): (name, prefill s, decode s per token) of
+  a greedy decode with its KV cache, each token's argmax waited for as a sampler must; None without the packages."""
+  try:
+    import torch, transformers
+  except ImportError: return None
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.manual_seed(0)
+  config = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
+  model = transformers.GPT2LMHeadModel(config).to(device).eval()
+  ids = torch.tensor([prompt[:prompt_len]], device=device)
+
+  def prefill():
+    out = model(ids, use_cache=True)
+    return out.past_key_values, out.logits[:, -1:].argmax(-1)
+
+  def decode():  # the timed tokens follow the prompt, as Aurora's do
+    cache, token = prefill()
+    if device == "cuda": torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(tokens):
+      out = model(token, past_key_values=cache, use_cache=True)
+      cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+      token.item()
+    return time.perf_counter() - start
+
+  with torch.inference_mode():
+    prefill_s = timed(lambda: prefill()[1].item(), 5)
+    decode(); decode_s = decode() / tokens
+  return f"transformers {transformers.__version__} ({device})", prefill_s, decode_s
 
 
 def main():
@@ -61,6 +94,15 @@ def main():
           ("decode, full recompute", recompute_s, 1 / recompute_s)]
   for name, seconds, rate in rows:
     print(f"| {name} | {seconds * 1e3:.1f} | {rate:,.0f} | {rate * recompute_s:.1f}x |")
+
+  baseline = transformers_times(cfg, prompt, prompt_len, args.tokens)
+  if baseline is None:
+    print("PyTorch or transformers is not importable: no baseline (pip install torch transformers)")
+    return
+  name, hf_prefill_s, hf_decode_s = baseline
+  print(f"\n| phase | Aurora ms | {name} ms | Aurora speed vs transformers |\n|---|---|---|---|")
+  for phase, ours, theirs in (("prefill (per prompt)", prefill_s, hf_prefill_s), ("decode, KV cache (per token)", decode_s, hf_decode_s)):
+    print(f"| {phase} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | {theirs / ours:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -79,3 +79,32 @@ def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
         "--data", finished_run[1], check_code=0)
   missing = train("--stage", "sft", "--out", tmp_path / "x")
   assert missing.returncode == 2 and "needs --init" in missing.stderr
+
+
+def test_a_moved_runs_folder_with_a_lora_run_still_chats(finished_run, tmp_path):
+  """The LoRA run names its base relative to itself, so the pair moves together."""
+  runs = tmp_path / "runs"
+  runs.mkdir()
+  for f in finished_run[0].iterdir():
+    if f.is_file(): (runs / "base").mkdir(exist_ok=True); (runs / "base" / f.name).write_bytes(f.read_bytes())
+  train("--stage", "lora", "--init", runs / "base", "--steps", "2", "--batch-size", "2", check_code=0)
+  assert (runs / "base-lora" / "checkpoint.safetensors").is_file()
+  before = chat("--checkpoint", runs / "base-lora", "--complete", "the cat", "--temperature", "0", "--max-tokens", "6")
+  moved = tmp_path / "elsewhere" / "runs"
+  moved.parent.mkdir()
+  runs.rename(moved)
+  after = chat("--checkpoint", moved / "base-lora", "--complete", "the cat", "--temperature", "0", "--max-tokens", "6")
+  assert after.returncode == 0 and after.stdout == before.stdout, after.stderr
+
+
+def test_samples_are_distinct_held_out_questions():
+  """The default conversations hold small talk 8 times over; the held-out set repeats it, the samples must not."""
+  from aurora_tg.sft import default_conversations
+  tokenizer = train_bpe([sample_text()], 300)
+  Tensor.manual_seed(0)
+  model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": 64}))
+  data = ChatData(default_conversations(), tokenizer, 64)
+  held_out = [tokenizer.decode([t for t, m in zip(ids, targets) if m == IGNORE_INDEX and t < tokenizer.eot]) for ids, targets in data.val]
+  questions = [q for q, _ in sample_answers(model, tokenizer, data, n=3)]
+  assert len(set(q.lower() for q in questions)) == 3
+  assert all(any(q in h for h in held_out) for q in questions)

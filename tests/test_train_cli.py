@@ -1,5 +1,6 @@
 """train.py end to end: a short run, resume, Ctrl-C (in a real subprocess), and every bad input's one-line error."""
 import json, os, signal, subprocess, sys
+import numpy as np
 import pytest
 import train as train_script
 from conftest import ROOT, run_main
@@ -118,3 +119,91 @@ def test_ctrl_c_saves_and_resumes(text_file, tmp_path):
   assert proc.returncode == 130, stdout + stderr
   assert "interrupted at step" in stdout and "Traceback" not in stderr
   assert (tmp_path / "checkpoint.safetensors").exists()
+
+
+def interrupt_at(monkeypatch, step: int):
+  """Ctrl-C right after optimizer step `step`, through the same SIGINT handler a user's Ctrl-C reaches."""
+  from aurora_tg.trainer import Trainer
+  original = Trainer.train_step
+  def step_then_interrupt(self):
+    result = original(self)
+    if self.step == step: signal.raise_signal(signal.SIGINT)
+    return result
+  monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+
+
+def final_state(run) -> tuple[dict, list]:
+  """The checkpoint's tensors as numpy, and every logged loss by step."""
+  from aurora_tg import checkpoint
+  model, optim, record = checkpoint.load(run)
+  tensors = {k: v.numpy() for k, v in {**model, **{f"optim.{k}": v for k, v in optim.items()}}.items()}
+  losses = [(m["step"], m.get("train_loss"), m.get("val_loss")) for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+  return tensors, losses, record
+
+
+def assert_resume_equals_uninterrupted(monkeypatch, tmp_path, *args):
+  """`train.py ARGS` run through, and stopped after step 2 then resumed with `--resume --out DIR` alone: same losses,
+  weights and optimizer state, and the same record (the settings came back from it)."""
+  train(*args, "--out", tmp_path / "through", check_code=0)
+  with monkeypatch.context() as m:
+    interrupt_at(m, 2)
+    stopped = train(*args, "--out", tmp_path / "stopped")
+  assert stopped.returncode == 130 and "interrupted at step 2" in stopped.stdout, stopped.stdout + stopped.stderr
+  resumed = train("--resume", "--out", tmp_path / "stopped", check_code=0)
+  assert "resuming at step 2" in resumed.stdout
+  (through, through_losses, through_record), (again, again_losses, again_record) = (final_state(tmp_path / r) for r in ("through", "stopped"))
+  assert again_losses == through_losses
+  assert through.keys() == again.keys()
+  for name, value in through.items(): np.testing.assert_array_equal(again[name], value, err_msg=name)
+  assert again_record.run.train == through_record.run.train and again_record.step == through_record.step
+
+
+def test_resume_takes_every_setting_from_the_record(monkeypatch, tmp_path, text_file):
+  assert_resume_equals_uninterrupted(monkeypatch, tmp_path, "--stage", "pretrain", "--size", "tiny", "--data", text_file,
+                                     "--steps", "4", "--eval-every", "3", "--batch-size", "4", "--grad-accum", "2",
+                                     "--lr", "0.02", "--dtype", "float16", "--optimizer", "muon", "--seed", "3")
+
+
+@pytest.mark.parametrize("stage", ["sft", "lora", "distill"])
+def test_fine_tuning_stages_resume_from_their_record(stage, monkeypatch, finished_run, tmp_path):
+  base, corpus, _ = finished_run
+  start = ["--teacher", base, "--data", corpus] if stage == "distill" else ["--init", base, "--freeze", "1"] if stage == "sft" else \
+          ["--init", base, "--lora-rank", "4", "--lora-targets", "c_attn,c_fc"]
+  assert_resume_equals_uninterrupted(monkeypatch, tmp_path, "--stage", stage, *start, "--steps", "4", "--eval-every", "3",
+                                     "--batch-size", "2", "--lr", "0.004")
+
+
+def test_resume_refuses_flags_that_contradict_the_record_but_may_go_longer(finished_run, tmp_path):
+  out, _, _ = finished_run
+  assert_one_line_error(train("--resume", "--out", out, "--lr", "0.5"), "--lr 0.5 does not match the run being resumed (0.003)")
+  assert_one_line_error(train("--resume", "--out", out, "--stage", "sft"), "does not match the run being resumed (pretrain)")
+  assert_one_line_error(train("--resume", "--out", out, "--freeze", "1"), "--freeze applies to --stage sft, not to pretrain")
+
+
+def no_backend_env(tmp_path) -> dict:
+  """A machine where no tinygrad backend works: no clang on PATH, no OpenCL driver, no GPU."""
+  (tmp_path / "bin").mkdir(), (tmp_path / "icd").mkdir()
+  keep = {k: os.environ[k] for k in ("TIKTOKEN_CACHE_DIR", "AURORA_CACHE") if k in os.environ}
+  return keep | {"HOME": str(tmp_path), "PATH": str(tmp_path / "bin"), "OCL_ICD_VENDORS": str(tmp_path / "icd")}
+
+
+@pytest.mark.parametrize("script", ["train.py", "chat.py"])
+def test_without_a_working_backend_one_line_says_what_to_install(script, tmp_path):
+  proc = subprocess.run([sys.executable, str(ROOT / script)], capture_output=True, text=True, cwd=tmp_path, env=no_backend_env(tmp_path), timeout=300)
+  assert_one_line_error(proc, "no tinygrad backend works on this machine")
+  assert "apt install clang" in proc.stderr and "pocl-opencl-icd" in proc.stderr and proc.stdout == ""
+
+
+def test_no_compiler_output_reaches_the_console(tmp_path, text_file):
+  """`train.py --size tiny --steps 3` on each CPU backend, kernels compiled afresh (CACHELEVEL=0): PoCL's built-in
+  clang used to print '1 warning generated.' for dozens of them."""
+  from aurora_tg.devices import works
+  backends = [d for d in ("CL", "CPU") if works(d)]
+  for device in backends:
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--size", "tiny", "--steps", "3", "--data", str(text_file),
+                           "--device", device, "--out", str(tmp_path / device)], capture_output=True, text=True,
+                          env=os.environ | {"CACHELEVEL": "0", "DEV": device}, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    noise = [l for l in (proc.stdout + proc.stderr).splitlines() if "warning" in l or "generated." in l or "error" in l]
+    assert not noise, f"{device}: {noise[:3]}"
+  assert backends, "neither CPU nor CL works here"

@@ -1,0 +1,79 @@
+"""The run configuration: flags of another stage are refused, every default in the table is what a run uses (read
+back from its checkpoint's record), and a record survives its round trip with paths relative to the run folder."""
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+import pytest
+from aurora_tg import checkpoint, config
+from aurora_tg.config import DEFAULTS, STAGE_FLAGS, STAGES, TrainSettings
+from test_train_cli import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
+
+FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "optimizer": "muon",
+               "init": "runs/x", "freeze": "1", "lora_rank": "4", "lora_alpha": "8", "lora_dropout": "0.1",
+               "lora_targets": "c_fc", "teacher": "runs/t", "distill_alpha": "0.3", "distill_temperature": "3"}
+FOREIGN = [(stage, flag) for stage in STAGES for flag in sorted({f for fs in STAGE_FLAGS.values() for f in fs} - set(STAGE_FLAGS[stage]))]
+
+
+@pytest.mark.parametrize("stage, flag", FOREIGN, ids=[f"{s}-{f}" for s, f in FOREIGN])
+def test_a_flag_of_another_stage_is_refused_naming_its_stage(stage, flag, tmp_path):
+  owners = [s for s in STAGES if flag in STAGE_FLAGS[s]]
+  proc = train("--stage", stage, f"--{flag.replace('_', '-')}", FLAG_VALUES[flag], "--out", tmp_path / "o")
+  assert_one_line_error(proc, f"--{flag.replace('_', '-')} applies to --stage {', '.join(owners)}, not to {stage}")
+
+
+def test_the_default_pipeline_refuses_fine_tuning_flags(tmp_path):
+  assert_one_line_error(train("--lora-rank", "4", "--out", tmp_path / "o"), "--lora-rank applies to --stage lora, not to pretrain")
+
+
+def expected_settings(preset: str, row: str, **given) -> dict:
+  """The table read by hand: TrainSettings' own values, the preset's row, the optimizer's or stage's row, then flags."""
+  s = {**asdict(TrainSettings()), **DEFAULTS[preset], "adam_lr": DEFAULTS[preset]["lr"], **DEFAULTS.get(row, {}), **given}
+  s["warmup"] = min(s["warmup"], max(1, s["steps"] // 10))
+  s["devices"] = ()
+  return s
+
+
+def recorded_settings(run: Path) -> dict:
+  return asdict(checkpoint.read_record(run).run.train)
+
+
+def test_every_default_in_the_table_is_what_runs_use(finished_run, tmp_path):
+  """One run per stage with only --steps (and the stage's required flags) given; the record says what was used."""
+  base, corpus, _ = finished_run
+  train("--stage", "pretrain", "--size", "tiny", "--optimizer", "muon", "--steps", "2", "--data", corpus, "--out", tmp_path / "pre", check_code=0)
+  assert recorded_settings(tmp_path / "pre") == expected_settings("tiny", "muon", steps=2, optimizer="muon")
+  for stage in ("sft", "lora"):
+    train("--stage", stage, "--init", base, "--steps", "2", "--out", tmp_path / stage, check_code=0)
+    assert recorded_settings(tmp_path / stage) == expected_settings("tiny", stage, steps=2)
+  lora_run = checkpoint.read_record(tmp_path / "lora").run
+  assert lora_run.lora == config.LoRAConfig() and lora_run.init == str(base)
+  train("--stage", "distill", "--teacher", base, "--steps", "2", "--data", corpus, "--out", tmp_path / "distill", check_code=0)
+  distill = checkpoint.read_record(tmp_path / "distill").run
+  assert recorded_settings(tmp_path / "distill") == expected_settings("tiny", "distill", steps=2)
+  assert (distill.alpha, distill.temperature, distill.size, distill.init) == (0.5, 2.0, "tiny", None)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "medium", "gpt2", "gpt2-xl"])
+@pytest.mark.parametrize("optimizer", ["adamw", "aurora", "sgd"])
+def test_presets_and_optimizers_resolve_through_the_table(preset, optimizer):
+  cfg = config.new_run("pretrain", {"size": preset, "optimizer": optimizer, "dtype": "float32"}, "CPU")
+  assert asdict(cfg.train) == expected_settings(preset, optimizer, optimizer=optimizer, compute_dtype="float32")
+  assert cfg.out == f"runs/{preset}" and cfg.tokenizer == ("gpt2" if preset.startswith("gpt2") else "bpe")
+
+
+def test_a_fine_tuning_stage_takes_the_rows_of_its_starting_models_preset():
+  cfg = config.new_run("sft", {"init": "runs/gpt2", "dtype": "float32"}, "CPU", init_preset="gpt2")
+  assert asdict(cfg.train) == expected_settings("gpt2", "sft", compute_dtype="float32")
+  assert cfg.out == "runs/gpt2-sft" and cfg.train.grad_accum == 1
+
+
+def test_the_record_round_trips_with_lineage_relative_to_the_run_folder(tmp_path):
+  (tmp_path / "runs" / "base").mkdir(parents=True)
+  cfg = config.new_run("lora", {"init": str(tmp_path / "runs" / "base"), "lora_rank": 4}, "CPU", init_preset="tiny")
+  cfg = replace(cfg, out=str(tmp_path / "runs" / "base-lora"))
+  stored = cfg.to_dict(cfg.out)
+  assert stored["init"] == "../base" and "out" not in stored
+  moved = tmp_path / "elsewhere" / "base-lora"
+  back = config.from_dict(stored, moved)
+  assert back.init == str(tmp_path / "elsewhere" / "base") and back.out == str(moved)
+  assert {f.name: getattr(back, f.name) for f in fields(back) if f.name not in ("init", "out")} == \
+         {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("init", "out")}
