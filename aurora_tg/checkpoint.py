@@ -43,25 +43,27 @@ class RunRecord:
   def from_json(cls, text: str, run_dir: str | Path) -> "RunRecord":
     d = json.loads(text)
     if "version" not in d: return _from_version_1(d, run_dir)
-    if d["version"] > FORMAT_VERSION: raise ValueError(f"record format {d['version']} is newer than this Aurora's ({FORMAT_VERSION}): update Aurora")
+    if d["version"] > FORMAT_VERSION: raise UserError(f"record format {d['version']} is newer than this Aurora's ({FORMAT_VERSION}): update Aurora")
     run = config.from_dict(d["run"], run_dir) if d["run"] else None
     return cls(d["stage"], GPTConfig.from_dict(d["model"]), d["tokenizer"], run, d["step"], d["rng"], d["elapsed_s"], d["wandb_id"])
 
 
 def _from_version_1(d: dict, run_dir: str | Path) -> RunRecord:
   """Aurora 0.1's record: {config, tokenizer, stage, step, rng, settings, args: {size, data, tokenizer, optimizer,
-  init, teacher, freeze, norm, pos, mlp}} plus lora and base (absolute) for LoRA runs, init or teacher (absolute)."""
+  init, teacher, freeze, norm, pos, mlp}}, plus init, teacher, or LoRA's lora and base: checkpoint files, as the
+  working directory named them. Distillation's alpha and temperature were not recorded: they become the defaults."""
   model, args = GPTConfig.from_dict(d["config"]), d.get("args") or {}
+  folder = lambda path: str(Path(path).parent if Path(path).name == CHECKPOINT_NAME else path)  # as --init names it
   run = None
   if "settings" in d:  # records written by training (not hand-made ones) hold settings and the arguments
     common = dict(out=str(run_dir), train=config.TrainSettings.from_dict(d["settings"]), data=args.get("data"))
     shape = dict(size=args.get("size") or config.preset_of(model), norm=model.norm, pos=model.pos, mlp=model.mlp)
     if d["stage"] == "pretrain":
       run = config.PretrainConfig(**common, **shape, tokenizer=args.get("tokenizer") or ("bpe" if "vocab_size" in config.PRESETS[shape["size"]] else "gpt2"))
-    elif d["stage"] == "sft": run = config.SFTConfig(**common, init=d["init"], freeze=args.get("freeze") or 0)
+    elif d["stage"] == "sft": run = config.SFTConfig(**common, init=folder(d["init"]), freeze=args.get("freeze") or 0)
     elif d["stage"] == "lora":
-      run = config.LoRAStageConfig(**common, init=d["base"], lora=lora.LoRAConfig(**{**d["lora"], "targets": tuple(d["lora"]["targets"])}))
-    elif d["stage"] == "distill": run = config.DistillConfig(**common, **shape, teacher=d["teacher"], init=args.get("init"))
+      run = config.LoRAStageConfig(**common, init=folder(d["base"]), lora=lora.LoRAConfig.from_dict(d["lora"]))
+    elif d["stage"] == "distill": run = config.DistillConfig(**common, **shape, teacher=folder(d["teacher"]), init=args.get("init"))
   return RunRecord(d["stage"], model, d["tokenizer"], run, d.get("step", 0), d.get("rng"))
 
 
@@ -107,6 +109,7 @@ def read_record(path: str | Path) -> RunRecord:
   p = resolve(path)
   if not p.is_file(): raise UserError(f"no checkpoint at {path}")
   try: return RunRecord.from_json(safetensors_header(p)["__metadata__"]["aurora"], p.parent)
+  except UserError: raise
   except Exception as e: raise _corrupt(p, e) from None
 
 
@@ -117,6 +120,7 @@ def load(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Tensor], RunRec
   try:
     tensors, metadata = read_safetensors(p)
     record = RunRecord.from_json(metadata["aurora"], p.parent)
+  except UserError: raise
   except Exception as e: raise _corrupt(p, e) from None
   model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
   optim = {k[len("optim."):]: v for k, v in tensors.items() if k.startswith("optim.")}

@@ -88,12 +88,16 @@ class StageConfig:
   wandb: str | None = None   # a Weights & Biases project that also gets the metrics
 
   def to_dict(self, run_dir: str | Path) -> dict:
-    """For the run record. The run folder is where the record lies, not in it; the models it starts from are
-    stored relative to it, so a copied or moved runs/ keeps working."""
+    """For the run record. The run folder is where the record lies, not in it. The models it started from are
+    stored relative to it when they lie in the same runs/ folder, so a copied or moved runs/ keeps working;
+    others (a downloaded model, say) stay absolute."""
     d = {"stage": self.stage, **asdict(self)}
     del d["out"]
+    runs = Path(run_dir).resolve().parent
     for name in ("init", "teacher"):
-      if d.get(name) and Path(d[name]).exists(): d[name] = os.path.relpath(Path(d[name]).resolve(), Path(run_dir).resolve())
+      if d.get(name) and Path(d[name]).exists():
+        path = Path(d[name]).resolve()
+        d[name] = os.path.relpath(path, Path(run_dir).resolve()) if path.is_relative_to(runs) else str(path)
     return d
 
 
@@ -114,7 +118,9 @@ class NewModel:
 @dataclass(frozen=True, kw_only=True)
 class PretrainConfig(NewModel, StageConfig):
   stage = "pretrain"
+  size: str = "small"
   tokenizer: str = "bpe"     # an own BPE trained on the data, or GPT-2's
+  chat_after: bool = False   # the default pipeline: chat fine-tuning follows (config.chat_finetune_after)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,6 +141,7 @@ class LoRAStageConfig(StageConfig):
 class DistillConfig(NewModel, StageConfig):
   stage = "distill"
   teacher: str
+  size: str = "tiny"         # the shape of a new student
   init: str | None = None    # the student; None: a new model of `size`
   alpha: float = 0.5         # weight of the teacher's soft targets against the data's
   temperature: float = 2.0
@@ -147,9 +154,9 @@ def from_dict(d: dict, run_dir: str | Path) -> StageConfig:
   """The inverse of StageConfig.to_dict."""
   cls, d = STAGE_CONFIGS[d["stage"]], {k: v for k, v in d.items() if k != "stage"}
   d |= {"out": str(run_dir), "train": TrainSettings.from_dict(d["train"])}
-  for name in ("init", "teacher"):
-    if d.get(name) and not Path(d[name]).is_absolute(): d[name] = os.path.normpath(Path(run_dir) / d[name])
-  if "lora" in d: d["lora"] = LoRAConfig(**{**d["lora"], "targets": tuple(d["lora"]["targets"])})
+  for name in ("init", "teacher"):  # resolved first: a runs/ that is a symbolic link keeps its targets' ".."
+    if d.get(name) and not Path(d[name]).is_absolute(): d[name] = os.path.normpath(Path(run_dir).resolve() / d[name])
+  if "lora" in d: d["lora"] = LoRAConfig.from_dict(d["lora"])
   return cls(**d)
 
 
@@ -203,42 +210,52 @@ def train_settings(preset: str, row: str, flags: dict, device: str) -> TrainSett
   return replace(s, warmup=min(s.warmup, max(1, s.steps // 10)), devices=devices.parse_devices(flags.get("devices")))
 
 
-def check_machine(s: TrainSettings, device: str):
-  """What this machine must offer the settings, new or resumed: the compute dtype and an even split of the batch."""
+def check_machine(s: TrainSettings, device: str, resuming: bool = False):
+  """What this machine must offer the settings: the compute dtype and an even split of the batch. A resumed run
+  cannot change either setting, so its messages say what to change instead."""
   if not devices.supports_dtype(device, s.compute_dtype):
-    raise UserError(f"{device} cannot compute in {s.compute_dtype} on this machine; use --dtype float32")
+    fix = "resume it on a backend that has it (--device)" if resuming else "use --dtype float32"
+    raise UserError(f"{device} cannot compute in {s.compute_dtype} on this machine; {fix}")
   if s.devices and s.batch_size % len(s.devices):
-    raise UserError(f"--batch-size {s.batch_size} does not split evenly across {len(s.devices)} devices ({', '.join(s.devices)})")
+    split = f"does not split evenly across {len(s.devices)} devices ({', '.join(s.devices)})"
+    raise UserError(f"the run's batch size {s.batch_size} {split}; pick --devices that divide it" if resuming else f"--batch-size {s.batch_size} {split}")
 
 
-def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None) -> StageConfig:
-  """A new run's config from the user's flags. init_preset: the preset of the model fine-tuning starts from (see
-  preset_of), whose row sets the batch size."""
+# flags whose config field has another name
+RENAMED = {"distill_alpha": "alpha", "distill_temperature": "temperature", "lora_rank": "rank", "lora_alpha": "alpha",
+           "lora_dropout": "dropout", "lora_targets": "targets"}
+
+
+def _options(flags: dict, *names: str) -> dict:
+  """The given flags among names, under their config field names; what is left out takes the class's default."""
+  out = {RENAMED.get(k, k): flags[k] for k in names if k in flags}
+  if "targets" in out: out["targets"] = tuple(out["targets"].split(","))
+  return out
+
+
+def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None, chat_after: bool = False) -> StageConfig:
+  """A new run's config from the user's flags; what they leave out takes the table's rows or the config classes'
+  own defaults. init_preset: the preset of the model fine-tuning starts from (see preset_of), whose row sets the
+  batch size. chat_after: pretraining is the default pipeline's first stage."""
   check_flags(stage, flags)
-  size = flags.get("size") or ("small" if stage == "pretrain" else "tiny")
-  if size not in PRESETS: raise UserError(f"unknown size {size!r}; presets: {', '.join(PRESETS)}")
-  preset = init_preset or size
+  if stage in ("sft", "lora") and not flags.get("init"):
+    raise UserError(f"--stage {stage} needs --init CHECKPOINT: the pretrained run folder or checkpoint to start from")
+  if stage == "distill" and not flags.get("teacher"): raise UserError("--stage distill needs --teacher CHECKPOINT")
+  cls = STAGE_CONFIGS[stage]
+  size = flags.get("size") or next((f.default for f in fields(cls) if f.name == "size"), None)
+  if size is not None and size not in PRESETS: raise UserError(f"unknown size {size!r}; presets: {', '.join(PRESETS)}")
   data = flags.get("data")
   if data and Path(data).exists(): data = str(Path(data).resolve())  # a resumed run may start elsewhere
+  row = flags.get("optimizer", "adamw") if stage == "pretrain" else stage
   common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"),
-                train=train_settings(preset, flags.get("optimizer", "adamw") if stage == "pretrain" else stage, flags, device))
-  model = dict(size=size, **{k: flags[k] for k in ("norm", "pos", "mlp") if k in flags})
+                train=train_settings(init_preset or size, row, flags, device))
   if stage == "pretrain":
     tokenizer = flags.get("tokenizer") or ("bpe" if "vocab_size" in PRESETS[size] else "gpt2")
-    cfg = PretrainConfig(**common, **model, tokenizer=tokenizer)
+    cfg = PretrainConfig(**common, **_options(flags, "norm", "pos", "mlp"), size=size, tokenizer=tokenizer, chat_after=chat_after)
   elif stage == "distill":
-    if not flags.get("teacher"): raise UserError("--stage distill needs --teacher CHECKPOINT")
-    cfg = DistillConfig(**common, **model, teacher=flags["teacher"], init=flags.get("init"),
-                        alpha=flags.get("distill_alpha", 0.5), temperature=flags.get("distill_temperature", 2.0))
-  elif not flags.get("init"):
-    raise UserError(f"--stage {stage} needs --init CHECKPOINT: the pretrained run folder or checkpoint to start from")
-  elif stage == "sft": cfg = SFTConfig(**common, init=flags["init"], freeze=flags.get("freeze", 0))
-  else:
-    defaults = LoRAConfig()
-    lora = LoRAConfig(rank=flags.get("lora_rank", defaults.rank), alpha=flags.get("lora_alpha", defaults.alpha),
-                      dropout=flags.get("lora_dropout", defaults.dropout),
-                      targets=tuple(flags.get("lora_targets", ",".join(defaults.targets)).split(",")))
-    cfg = LoRAStageConfig(**common, init=flags["init"], lora=lora)
+    cfg = DistillConfig(**common, **_options(flags, "norm", "pos", "mlp", "teacher", "init", "distill_alpha", "distill_temperature"), size=size)
+  elif stage == "sft": cfg = SFTConfig(**common, **_options(flags, "init", "freeze"))
+  else: cfg = LoRAStageConfig(**common, init=flags["init"], lora=LoRAConfig(**_options(flags, "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")))
   validate(cfg)
   check_machine(cfg.train, device)
   return cfg
@@ -292,15 +309,16 @@ def resumed(saved: StageConfig, flags: dict, device: str) -> StageConfig:
     if getattr(train, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(train, name)}")
   spec = flags["devices"] if "devices" in flags else ",".join(saved.train.devices) or None
   cfg = replace(saved, train=replace(train, devices=devices.parse_devices(spec)), wandb=flags.get("wandb", saved.wandb))
-  check_machine(cfg.train, device)
+  check_machine(cfg.train, device, resuming=True)
   return cfg
 
 
 def chat_finetune_after(pretrain: PretrainConfig, device: str) -> SFTConfig:
   """The default pipeline's second stage: chat fine-tuning of the model pretraining wrote, with the stage's defaults
-  for its preset, and pretraining's batch size, compute dtype, devices and seed."""
+  for its preset, and pretraining's batch size, compute dtype, devices, seed and W&B project."""
   t = pretrain.train
   flags = dict(init=pretrain.out, batch_size=t.batch_size, dtype=t.compute_dtype, seed=t.seed)
+  if pretrain.wandb: flags["wandb"] = pretrain.wandb
   if t.devices: flags["devices"] = ",".join(t.devices)
   return new_run("sft", flags, device, init_preset=pretrain.size)
 

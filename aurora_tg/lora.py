@@ -1,6 +1,6 @@
 """LoRA (Hu et al. 2021): a frozen projection W plus a trained low-rank change, y = x W^T + (alpha/r) x A^T B^T."""
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass
 from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
 from aurora_tg.model import GPT, Linear
@@ -15,7 +15,8 @@ class LoRAConfig:
   dropout: float = 0.0
   targets: tuple[str, ...] = PROJECTIONS
 
-  def to_dict(self) -> dict: return asdict(self)
+  @classmethod
+  def from_dict(cls, d: dict) -> "LoRAConfig": return cls(**{**d, "targets": tuple(d["targets"])})
 
 
 class LoRALinear:

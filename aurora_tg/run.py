@@ -16,24 +16,32 @@ from aurora_tg.trainer import Trainer, NonFinite, build_optimizer
 
 def plan(flags: dict, device: str) -> list[tuple[StageConfig, bool]]:
   """The stages to run, each with whether it resumes. Without --stage (and --data), pretraining is followed by chat
-  fine-tuning; with --init alone, that model is chat fine-tuned. --resume takes the config from the run's record."""
+  fine-tuning (the pretraining config records it); with --init alone, that model is chat fine-tuned. --resume takes
+  each stage's config from its record."""
   stage = config.stage_of(flags)
-  if not flags.get("resume"): config.check_flags(stage, flags)  # a resumed run's stage is in its record
-  out = Path(flags.get("out") or config.default_out(stage, flags))
-  if flags.get("resume"):
-    saved = checkpoint.read_record(out / checkpoint.CHECKPOINT_NAME) if (out / checkpoint.CHECKPOINT_NAME).exists() else None
-    if saved is None: raise UserError(f"nothing to resume: {out / checkpoint.CHECKPOINT_NAME} does not exist")
-    if saved.run is None: raise UserError(f"{out} was written by an older Aurora that did not record its settings; it cannot be resumed")
-    if flags.get("stage") not in (None, saved.stage): raise UserError(f"--stage {flags['stage']} does not match the run being resumed ({saved.stage})")
-    first = config.resumed(saved.run, flags, device)
+  # checked before any file is read, so a misplaced flag is reported as such; a resumed run's stage is in its record
+  if not flags.get("resume"): config.check_flags(stage, flags)
+  if flags.get("resume"): first = resumed_config(Path(flags.get("out") or config.default_out(stage, flags)), flags, device)
   else:
     init_preset = config.preset_of(checkpoint.model_config(flags["init"])) if flags.get("init") and stage != "pretrain" else None
-    first = config.new_run(stage, flags, device, init_preset)
+    first = config.new_run(stage, flags, device, init_preset, chat_after=flags.get("stage") is None and not flags.get("data"))
   stages = [(first, bool(flags.get("resume")))]
-  if flags.get("stage") is None and isinstance(first, PretrainConfig) and first.data is None:
+  if isinstance(first, PretrainConfig) and first.chat_after:
     sft = config.chat_finetune_after(first, device)
-    stages.append((sft, bool(flags.get("resume")) and (Path(sft.out) / checkpoint.CHECKPOINT_NAME).exists()))
+    if flags.get("resume") and (Path(sft.out) / checkpoint.CHECKPOINT_NAME).exists():
+      stages.append((resumed_config(Path(sft.out), {}, device), True))
+    else: stages.append((sft, False))
   return stages
+
+
+def resumed_config(out: Path, flags: dict, device: str) -> StageConfig:
+  path = out / checkpoint.CHECKPOINT_NAME
+  if not path.exists(): raise UserError(f"nothing to resume: {path} does not exist")
+  saved = checkpoint.read_record(path)
+  if saved.run is None: raise UserError(f"{out} was written by an older Aurora that did not record its settings; it cannot be resumed")
+  if flags.get("stage") not in (None, saved.stage): raise UserError(f"--stage {flags['stage']} does not match the run being resumed ({saved.stage})")
+  if flags.get("steps", saved.step) < saved.step: raise UserError(f"--steps {flags['steps']} is fewer than the {saved.step} the run has done")
+  return config.resumed(saved.run, flags, device)
 
 
 def train(flags: dict) -> int:
@@ -71,33 +79,34 @@ def run_stage(cfg: StageConfig, resume: bool, device: str) -> int:
   ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
   if not resume and ckpt_path.exists():
     raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or --out for a new run")
-  resumed = checkpoint.load(ckpt_path) if resume else None
-  if cfg.stage == "pretrain": trainer, tokenizer, data = prepare_pretrain(cfg, run_dir, resumed and resumed[2])
+  weights, optim_state, saved = checkpoint.load(ckpt_path) if resume else (None, None, None)
+  if cfg.stage == "pretrain": trainer, tokenizer, data = prepare_pretrain(cfg, run_dir, saved)
   else: trainer, tokenizer, data = finetune.prepare(cfg)
   record = RunRecord(cfg.stage, trainer.model.cfg, tokenizer.fingerprint(), cfg,
-                     wandb_id=(resumed[2].wandb_id if resumed else None) or (new_wandb_id() if cfg.wandb else None))
-  if resumed:
-    checkpoint.copy_into(trainer.saved_state(), resumed[0], "model weights")
-    trainer.restore(resumed[1], resumed[2])
+                     wandb_id=(saved.wandb_id if saved else None) or (new_wandb_id() if cfg.wandb else None))
+  if saved:
+    checkpoint.copy_into(trainer.saved_state(), weights, "model weights")
+    trainer.restore(optim_state, saved)
   run_dir.mkdir(parents=True, exist_ok=True)
   tokenizer.save(str(run_dir / checkpoint.TOKENIZER_NAME))
-  print_header(cfg, trainer, data, device, resumed is not None)
-  log = RunLog(run_dir, trainer.step, (cfg.wandb, record.wandb_id, cfg.to_dict(run_dir)) if cfg.wandb else None)
+  print_header(cfg, trainer, data, device, saved is not None)
+  log = RunLog(run_dir, trainer.step, wandb_project=cfg.wandb, wandb_id=record.wandb_id, wandb_config=cfg.to_dict(run_dir))
   start = time.perf_counter()
   try: outcome = trainer.run(run_dir, record, log)
   except NonFinite as e:
     print(f"error: {e}; stopped, the last good checkpoint is kept in {run_dir}")
-    return 1
-  finally:
-    log.close()
-    plot.save_run_plot(run_dir)
+    outcome = "failed"
+  finally: log.close()
+  plot.save_run_plot(run_dir)
+  if outcome == "failed": return 1
   trainer.for_inference()
   if outcome == "interrupted":
     print(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume --out {run_dir}")
     return 130
   print(f"trained in {time.perf_counter() - start:.0f}s | checkpoint: {ckpt_path}")
   if cfg.stage in ("sft", "lora"):
-    print(f"held-out assistant-token loss: {trainer.last_val_loss:.4f}")
+    # a run resumed when already finished trains no step, so it has not evaluated yet
+    print(f"held-out assistant-token loss: {trainer.last_val_loss or trainer.evaluate():.4f}")
     if cfg.stage == "lora": lora.merge_adapters(trainer.model)
     for question, answer in finetune.sample_answers(trainer.model, tokenizer, data): print(f"  Q: {question}\n  A: {answer}")
     print(f"talk to it: python chat.py --checkpoint {run_dir}")

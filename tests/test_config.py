@@ -60,6 +60,41 @@ def test_presets_and_optimizers_resolve_through_the_table(preset, optimizer):
   assert cfg.out == f"runs/{preset}" and cfg.tokenizer == ("gpt2" if preset.startswith("gpt2") else "bpe")
 
 
+@pytest.mark.parametrize("flags, expected", [  # a few rows written out, so a changed table shows here too
+  ({"size": "small"}, dict(steps=500, batch_size=8, grad_accum=1, lr=3e-3, adam_lr=3e-3, warmup=20, eval_every=100)),
+  ({"size": "tiny", "optimizer": "aurora"}, dict(steps=200, batch_size=16, lr=0.05, adam_lr=3e-3, warmup=20, eval_every=50)),
+  ({"size": "gpt2", "dtype": "float32"}, dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, warmup=300, eval_every=250)),
+  ({"size": "tiny", "steps": 30, "lr": 0.01}, dict(steps=30, lr=0.01, warmup=3, batch_size=16)),
+])
+def test_known_rows(flags, expected):
+  train = asdict(config.new_run("pretrain", flags, "CPU").train)
+  assert {k: train[k] for k in expected} == expected
+
+
+def test_the_default_pipeline_is_pretraining_then_chat_fine_tuning(text_file):
+  from aurora_tg.run import plan
+  (pre, resume_pre), (sft, resume_sft) = plan({"size": "tiny", "batch_size": 4, "seed": 5}, "CPU")
+  assert pre.chat_after and not resume_pre and not resume_sft
+  assert (sft.init, sft.out, sft.train.batch_size, sft.train.seed, sft.train.steps) == ("runs/tiny", "runs/tiny-sft", 4, 5, 300)
+  assert [len(plan(f, "CPU")) for f in ({"size": "tiny", "stage": "pretrain"}, {"size": "tiny", "data": str(text_file)})] == [1, 1]
+
+
+def test_resuming_the_pipeline_resumes_each_stage_from_its_own_record(tmp_path):
+  from aurora_tg.run import plan
+  out = tmp_path / "runs" / "tiny"
+  (pre, _), (sft, _) = plan({"size": "tiny", "out": str(out)}, "CPU")
+  record = lambda cfg: checkpoint.RunRecord(cfg.stage, config.GPTConfig(), "tok", cfg, step=1)
+  checkpoint.save(out, {}, {}, record(pre))
+  assert [(c.stage, resume) for c, resume in plan({"resume": True, "out": str(out)}, "CPU")] == [("pretrain", True), ("sft", False)]
+  checkpoint.save(sft.out, {}, {}, record(replace(sft, train=replace(sft.train, lr=0.123))))
+  (_, _), (again, resume) = plan({"resume": True, "out": str(out)}, "CPU")
+  assert resume and again.train.lr == 0.123  # the SFT run's own record, not the pipeline's defaults
+  alone = plan({"size": "tiny", "stage": "pretrain", "out": str(tmp_path / "alone")}, "CPU")[0][0]
+  checkpoint.save(alone.out, {}, {}, record(alone))
+  assert len(plan({"resume": True, "out": alone.out}, "CPU")) == 1  # --stage pretrain stays one stage on resume
+  with pytest.raises(config.UserError, match="fewer than the 1 the run has done"): plan({"resume": True, "out": alone.out, "steps": 0}, "CPU")
+
+
 def test_a_fine_tuning_stage_takes_the_rows_of_its_starting_models_preset():
   cfg = config.new_run("sft", {"init": "runs/gpt2", "dtype": "float32"}, "CPU", init_preset="gpt2")
   assert asdict(cfg.train) == expected_settings("gpt2", "sft", compute_dtype="float32")
