@@ -40,6 +40,8 @@ def parse_args(argv=None):
   p.add_argument("--distill-alpha", type=float, help="distill: weight of the teacher's soft targets against the data's (default 0.5)")
   p.add_argument("--distill-temperature", type=float, help="distill: softmax temperature of both models (default 2)")
   p.add_argument("--wandb", metavar="PROJECT", help="also log the metrics to this Weights & Biases project (pip install wandb)")
+  p.add_argument("--keep", type=int, help="also keep the last N checkpoints as checkpoint-<step>.safetensors (default 0)")
+  p.add_argument("--keep-best", action="store_true", help="keep the checkpoint of the lowest validation loss as best.safetensors")
   p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
   p.add_argument("--seed", type=int, help="random seed of initialisation and batch sampling (default 1337)")
   return p.parse_args(argv)

@@ -1,17 +1,18 @@
 """Checkpoints: one safetensors file holding model weights, optimizer state and the run's record (RunRecord)."""
-import json
+import json, os
 from dataclasses import dataclass
 from pathlib import Path
 from tinygrad import Tensor
-from tinygrad.nn.state import safe_save, get_state_dict
+from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError, config, devices, hf, lora
 from aurora_tg.config import StageConfig
-from aurora_tg.files import read_safetensors, safetensors_header, write_atomically
+from aurora_tg.files import read_safetensors, safetensors_header, write_safetensors
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import Tokenizer, gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
+BEST_NAME = "best.safetensors"  # --keep-best: the checkpoint of the lowest validation loss
 FORMAT_VERSION = 2  # 1: the untyped dict of Aurora 0.1 (no "version" key), read by _from_version_1
 
 
@@ -26,6 +27,7 @@ class RunRecord:
   rng: dict | None = None          # the batch sampler's state
   elapsed_s: float = 0.0           # training time so far, so a resumed run's clock goes on
   wandb_id: str | None = None      # the Weights & Biases run a resumed run keeps logging to
+  best_val_loss: float | None = None  # the lowest validation loss so far (--keep-best)
   version: int = FORMAT_VERSION
 
   @property
@@ -37,7 +39,7 @@ class RunRecord:
   def to_json(self, run_dir: str | Path) -> str:
     return json.dumps({"version": self.version, "stage": self.stage, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
                        "run": self.run.to_dict(run_dir) if self.run else None, "step": self.step, "rng": self.rng,
-                       "elapsed_s": self.elapsed_s, "wandb_id": self.wandb_id})
+                       "elapsed_s": self.elapsed_s, "wandb_id": self.wandb_id, "best_val_loss": self.best_val_loss})
 
   @classmethod
   def from_json(cls, text: str, run_dir: str | Path) -> "RunRecord":
@@ -45,7 +47,8 @@ class RunRecord:
     if "version" not in d: return _from_version_1(d, run_dir)
     if d["version"] > FORMAT_VERSION: raise UserError(f"record format {d['version']} is newer than this Aurora's ({FORMAT_VERSION}): update Aurora")
     run = config.from_dict(d["run"], run_dir) if d["run"] else None
-    return cls(d["stage"], GPTConfig.from_dict(d["model"]), d["tokenizer"], run, d["step"], d["rng"], d["elapsed_s"], d["wandb_id"])
+    return cls(d["stage"], GPTConfig.from_dict(d["model"]), d["tokenizer"], run, d["step"], d["rng"], d["elapsed_s"], d["wandb_id"],
+               d.get("best_val_loss"))
 
 
 def _from_version_1(d: dict, run_dir: str | Path) -> RunRecord:
@@ -73,14 +76,25 @@ def optimizer_state(optimizer, params: list[Tensor]) -> dict[str, Tensor]:
   return {k: v for k, v in get_state_dict(optimizer).items() if id(v) not in param_ids}
 
 
-def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[str, Tensor], record: RunRecord) -> Path:
-  """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[str, Tensor], record: RunRecord, keep: int = 0) -> Path:
+  """Write atomically (a crash mid-write leaves the previous checkpoint intact), with each tensor's checksum. keep:
+  also keep this one as checkpoint-<step>.safetensors, and that many of them (the oldest go)."""
   path = Path(run_dir) / CHECKPOINT_NAME
   path.parent.mkdir(parents=True, exist_ok=True)
-  tensors = {f"model.{k}": v for k, v in model_state.items()} | {f"optim.{k}": v for k, v in optim_state.items()}
-  write_atomically(path, lambda tmp: safe_save({k: one_copy(v).realize() for k, v in tensors.items()}, tmp,
-                                                metadata={"aurora": record.to_json(run_dir)}))
+  tensors = {f"model.{k}": one_copy(v) for k, v in model_state.items()} | {f"optim.{k}": one_copy(v) for k, v in optim_state.items()}
+  write_safetensors(path, tensors, metadata={"aurora": record.to_json(run_dir)})
+  if keep:
+    link(path, path.with_name(f"checkpoint-{record.step:06d}.safetensors"))
+    for old in sorted(path.parent.glob("checkpoint-*.safetensors"))[:-keep]: old.unlink()
   return path
+
+
+def link(source: Path, target: Path):
+  """target as another name of source's file (no copy): the next save replaces source's name, not the file."""
+  tmp = target.with_name(target.name + ".tmp-link")
+  tmp.unlink(missing_ok=True)
+  os.link(source, tmp)
+  os.replace(tmp, target)
 
 
 def one_copy(t: Tensor) -> Tensor:

@@ -66,7 +66,8 @@ DEFAULTS: dict[str, dict] = {
 
 # The flags every stage takes, and those of one stage (or a few); a flag of another stage is refused, naming its own.
 # --stage, --device and --resume say how to run, not what: they are not part of a config.
-COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "eval_every", "dtype", "devices", "seed", "wandb")
+COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "eval_every", "dtype", "devices", "seed", "wandb",
+                "keep", "keep_best")
 STAGE_FLAGS = {
   "pretrain": ("size", "tokenizer", "norm", "pos", "mlp", "optimizer"),
   "sft":      ("init", "freeze"),
@@ -76,7 +77,7 @@ STAGE_FLAGS = {
 RUN_FLAGS = ("stage", "device", "resume")
 # A resumed run may go on longer, evaluate at another interval, move to other devices or log elsewhere; anything
 # else it takes from its record.
-RESUME_MAY_CHANGE = ("out", "steps", "eval_every", "devices", "wandb")
+RESUME_MAY_CHANGE = ("out", "steps", "eval_every", "devices", "wandb", "keep", "keep_best")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +87,8 @@ class StageConfig:
   train: TrainSettings
   data: str | None = None    # None: Python's documentation (pretrain, distill) or conversations built from it (sft, lora)
   wandb: str | None = None   # a Weights & Biases project that also gets the metrics
+  keep: int = 0              # step-numbered checkpoints kept besides the newest
+  keep_best: bool = False    # keep the checkpoint of the lowest validation loss as best.safetensors
 
   def to_dict(self, run_dir: str | Path) -> dict:
     """For the run record. The run folder is where the record lies, not in it. The models it started from are
@@ -247,7 +250,8 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
   data = flags.get("data")
   if data and Path(data).exists(): data = str(Path(data).resolve())  # a resumed run may start elsewhere
   row = flags.get("optimizer", "adamw") if stage == "pretrain" else stage
-  common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"),
+  if flags.get("keep", 0) < 0: raise UserError(f"--keep must be 0 or more, got {flags['keep']}")
+  common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"), **_options(flags, "keep", "keep_best"),
                 train=train_settings(init_preset or size, row, flags, device))
   if stage == "pretrain":
     tokenizer = flags.get("tokenizer") or ("bpe" if "vocab_size" in PRESETS[size] else "gpt2")
@@ -308,7 +312,8 @@ def resumed(saved: StageConfig, flags: dict, device: str) -> StageConfig:
   for name in ("steps", "eval_every"):
     if getattr(train, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(train, name)}")
   spec = flags["devices"] if "devices" in flags else ",".join(saved.train.devices) or None
-  cfg = replace(saved, train=replace(train, devices=devices.parse_devices(spec)), wandb=flags.get("wandb", saved.wandb))
+  cfg = replace(saved, train=replace(train, devices=devices.parse_devices(spec)), wandb=flags.get("wandb", saved.wandb),
+                keep=flags.get("keep", saved.keep), keep_best=flags.get("keep_best", saved.keep_best))
   check_machine(cfg.train, device, resuming=True)
   return cfg
 

@@ -3,9 +3,9 @@ OpenAI's GPT-2 weights ship in, and write it, so Aurora starts from GPT-2 and it
 import json
 from pathlib import Path
 from tinygrad import Tensor, Device, dtypes
-from tinygrad.nn.state import get_state_dict, load_state_dict, safe_save, torch_load
+from tinygrad.nn.state import get_state_dict, load_state_dict, torch_load
 from aurora_tg import UserError
-from aurora_tg.files import read_safetensors, write_atomically
+from aurora_tg.files import read_safetensors, write_atomically, write_safetensors
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import Tokenizer
 
@@ -99,6 +99,6 @@ def save(model: GPT, out: str | Path, tokenizer: Tokenizer):
       tensors[name[:-len("weight")] + "bias"] = Tensor.zeros(t.shape[0]).contiguous()
   out = Path(out)
   out.mkdir(parents=True, exist_ok=True)
-  write_atomically(out / WEIGHT_NAMES[0], lambda tmp: safe_save({k: v.realize() for k, v in tensors.items()}, tmp, metadata={"format": "pt"}))
+  write_safetensors(out / WEIGHT_NAMES[0], tensors, metadata={"format": "pt"})
   write_atomically(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(hf_config(cfg, tokenizer.eot), indent=2)))
   tokenizer.save(str(out / TOKENIZER_NAME))

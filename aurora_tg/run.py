@@ -6,6 +6,7 @@ from tinygrad import Tensor
 from aurora_tg import UserError, checkpoint, config, devices, finetune, lora, plot
 from aurora_tg.checkpoint import RunRecord
 from aurora_tg.config import PretrainConfig, StageConfig
+from aurora_tg.files import RunLock, remove_stale_temporaries
 from aurora_tg.data import read_texts, tokenize_cached, TokenData
 from aurora_tg.generate import Generator, Sampling
 from aurora_tg.metrics import RunLog, new_wandb_id, require_wandb
@@ -75,6 +76,13 @@ def prepare_pretrain(cfg: PretrainConfig, run_dir: Path, resumed: RunRecord | No
 
 
 def run_stage(cfg: StageConfig, resume: bool, device: str) -> int:
+  """One stage in its run folder, which it holds locked from start to end."""
+  with RunLock(Path(cfg.out)):
+    remove_stale_temporaries(Path(cfg.out))
+    return train_stage(cfg, resume, device)
+
+
+def train_stage(cfg: StageConfig, resume: bool, device: str) -> int:
   run_dir = Path(cfg.out)
   ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
   if not resume and ckpt_path.exists():
@@ -100,9 +108,9 @@ def run_stage(cfg: StageConfig, resume: bool, device: str) -> int:
   plot.save_run_plot(run_dir)
   if outcome == "failed": return 1
   trainer.for_inference()
-  if outcome == "interrupted":
-    print(f"interrupted at step {trainer.step}: saved {ckpt_path}; continue with --resume --out {run_dir}")
-    return 130
+  if outcome in ("interrupted", "terminated"):
+    print(f"{outcome} at step {trainer.step}: saved {ckpt_path}; continue with --resume --out {run_dir}")
+    return 130 if outcome == "interrupted" else 143  # the shell's codes for SIGINT and SIGTERM
   print(f"trained in {time.perf_counter() - start:.0f}s | checkpoint: {ckpt_path}")
   if cfg.stage in ("sft", "lora"):
     # a run resumed when already finished trains no step, so it has not evaluated yet

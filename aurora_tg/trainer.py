@@ -69,7 +69,7 @@ class Trainer:
     self.base_lrs = [o.lr.item() for o in optimizer.optimizers]
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
-    self.step, self.rng, self.last_val_loss, self.elapsed_before = 0, np.random.default_rng(settings.seed), None, 0.0
+    self.step, self.rng, self.last_val_loss, self.best_val_loss, self.elapsed_before = 0, np.random.default_rng(settings.seed), None, None, 0.0
     self.watch = NeuronWatch(model, self.params)
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
 
@@ -141,19 +141,23 @@ class Trainer:
 
   # ----- checkpoints -----
   def save(self, run_dir: Path, record: RunRecord, elapsed_s: float = 0.0) -> Path:
-    record = replace(record, step=self.step, rng=self.rng.bit_generator.state, elapsed_s=self.elapsed_before + elapsed_s)
-    return checkpoint.save(run_dir, self.saved_state(), checkpoint.optimizer_state(self.optimizer, self.params), record)
+    record = replace(record, step=self.step, rng=self.rng.bit_generator.state, elapsed_s=self.elapsed_before + elapsed_s,
+                     best_val_loss=self.best_val_loss)
+    return checkpoint.save(run_dir, self.saved_state(), checkpoint.optimizer_state(self.optimizer, self.params), record,
+                           keep=record.run.keep if record.run else 0)
 
   def restore(self, optim_state: dict[str, Tensor], record: RunRecord):
     checkpoint.copy_into(checkpoint.optimizer_state(self.optimizer, self.params), optim_state, "optimizer state")
     self.step, self.rng.bit_generator.state, self.elapsed_before = record.step, record.rng, record.elapsed_s
+    self.best_val_loss = record.best_val_loss
 
   # ----- the loop -----
   def run(self, run_dir: Path, record: RunRecord, metrics: Callable[[dict], None], log=lambda line: print(line, flush=True)) -> str:
-    """Train to s.steps, evaluating, logging (metrics gets one dict per log line and evaluation) and checkpointing;
-    Ctrl-C saves and returns 'interrupted'."""
+    """Train to s.steps, evaluating, logging (metrics gets one dict per log line and evaluation) and checkpointing.
+    Ctrl-C (SIGINT) and SIGTERM (a scheduler's or a cloud's notice) finish the step, save, and return 'interrupted'
+    or 'terminated'."""
     stop = []
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.append(True))  # finish the step, then save
+    previous = {sig: signal.signal(sig, lambda signum, _: stop.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
       start, tokens_per_step = time.perf_counter(), self.s.batch_size * self.s.grad_accum * self.data.block_size
       elapsed = lambda: self.elapsed_before + time.perf_counter() - start
@@ -175,11 +179,14 @@ class Trainer:
           window_start, window_tokens = now, 0
         if self.step % self.s.eval_every == 0 or self.step == self.s.steps:
           self._log_eval(metrics, log, elapsed(), loss)
-          self.save(run_dir, record, time.perf_counter() - start)  # a killed run loses at most eval_every steps
+          best = record.run is not None and record.run.keep_best and (self.best_val_loss is None or self.last_val_loss < self.best_val_loss)
+          if best: self.best_val_loss = self.last_val_loss
+          path = self.save(run_dir, record, time.perf_counter() - start)  # a killed run loses at most eval_every steps
+          if best: checkpoint.link(path, run_dir / checkpoint.BEST_NAME)
       if stop: self.save(run_dir, record, time.perf_counter() - start)
-      return "interrupted" if stop else "done"
+      return "done" if not stop else "interrupted" if stop[0] == signal.SIGINT else "terminated"
     finally:
-      signal.signal(signal.SIGINT, previous_handler)
+      for sig, handler in previous.items(): signal.signal(sig, handler)
 
   def _log_eval(self, metrics, log, elapsed_s: float, train_loss: float | None):
     val = self.evaluate()

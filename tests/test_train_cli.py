@@ -207,3 +207,24 @@ def test_no_compiler_output_reaches_the_console(tmp_path, text_file):
     noise = [l for l in (proc.stdout + proc.stderr).splitlines() if "warning" in l or "generated." in l or "error" in l]
     assert not noise, f"{device}: {noise[:3]}"
   assert backends, "neither CPU nor CL works here"
+
+
+def test_a_folder_in_use_is_refused_and_sigterm_saves_for_resume(tmp_path, text_file):
+  """A real run in a subprocess: a second run into its folder is refused naming it; SIGTERM (a scheduler's notice)
+  saves and exits 143; a stale temporary is cleared; the resumed run ends where an uninterrupted one does."""
+  args = ["--stage", "pretrain", "--size", "tiny", "--steps", "30", "--eval-every", "30", "--batch-size", "4", "--data", str(text_file)]
+  train(*args, "--out", tmp_path / "through", check_code=0)
+  cmd = [sys.executable, str(ROOT / "train.py"), *args, "--out", str(tmp_path / "run")]
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+  for line in proc.stdout:
+    if line.startswith("step") and "tok/s" in line: break
+  assert_one_line_error(train(*args, "--out", tmp_path / "run"), f"is in use by process {proc.pid} (train.py")
+  proc.send_signal(signal.SIGTERM)
+  stdout, stderr = proc.communicate(timeout=300)
+  assert proc.returncode == 143 and "terminated at step" in stdout and "Traceback" not in stderr, stdout + stderr
+  (tmp_path / "run" / "checkpoint.safetensors.tmp-1-dead").write_bytes(b"left by a killed writer")
+  train("--resume", "--out", tmp_path / "run", check_code=0)
+  assert not list((tmp_path / "run").glob("*.tmp*"))
+  (through, through_losses, _), (again, again_losses, _) = final_state(tmp_path / "through"), final_state(tmp_path / "run")
+  assert again_losses == through_losses
+  for name, value in through.items(): np.testing.assert_array_equal(again[name], value, err_msg=name)
