@@ -111,11 +111,13 @@ def test_bad_data(content, fragment, tmp_path):
 def test_ctrl_c_saves_and_resumes(text_file, tmp_path):
   cmd = [sys.executable, str(ROOT / "train.py"), "--size", "tiny", "--steps", "100000", "--eval-every", "100000",
          "--batch-size", "4", "--data", str(text_file), "--out", str(tmp_path)]
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+  stderr_file = open(tmp_path / "stderr.txt", "w+")  # not a pipe: unread, a full pipe would block the run
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
   for line in proc.stdout:
     if line.startswith("step") and "tok/s" in line: break
   proc.send_signal(signal.SIGINT)
-  stdout, stderr = proc.communicate(timeout=300)
+  stdout, _ = proc.communicate(timeout=300)
+  stderr = (tmp_path / "stderr.txt").read_text()
   assert proc.returncode == 130, stdout + stderr
   assert "interrupted at step" in stdout and "Traceback" not in stderr
   assert (tmp_path / "checkpoint.safetensors").exists()
@@ -215,12 +217,14 @@ def test_a_folder_in_use_is_refused_and_sigterm_saves_for_resume(tmp_path, text_
   args = ["--stage", "pretrain", "--size", "tiny", "--steps", "30", "--eval-every", "30", "--batch-size", "4", "--data", str(text_file)]
   train(*args, "--out", tmp_path / "through", check_code=0)
   cmd = [sys.executable, str(ROOT / "train.py"), *args, "--out", str(tmp_path / "run")]
-  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
+  stderr_file = open(tmp_path / "stderr.txt", "w+")  # not a pipe: unread, a full pipe would block the run
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr_file, text=True, env=os.environ | {"PYTHONUNBUFFERED": "1"})
   for line in proc.stdout:
     if line.startswith("step") and "tok/s" in line: break
   assert_one_line_error(train(*args, "--out", tmp_path / "run"), f"is in use by process {proc.pid} (train.py")
   proc.send_signal(signal.SIGTERM)
-  stdout, stderr = proc.communicate(timeout=300)
+  stdout, _ = proc.communicate(timeout=300)
+  stderr = (tmp_path / "stderr.txt").read_text()
   assert proc.returncode == 143 and "terminated at step" in stdout and "Traceback" not in stderr, stdout + stderr
   (tmp_path / "run" / "checkpoint.safetensors.tmp-1-dead").write_bytes(b"left by a killed writer")
   train("--resume", "--out", tmp_path / "run", check_code=0)

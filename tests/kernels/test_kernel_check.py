@@ -1,0 +1,29 @@
+"""The check itself must bite: a gradient that is doubled, halved or of the wrong sign (the forward left right)
+fails in every dtype, at CI's sizes, on every backend present."""
+import numpy as np
+import pytest
+import reference as ref
+from tinygrad import Tensor
+from aurora_tg.model import gelu, softmax
+from kernel_check import check, normal, on
+
+WRONG = {"doubled": 2.0, "halved": 0.5, "sign-flipped": -1.0}
+OPS = {"matmul": (lambda a, b: a @ b, np.matmul, [(13, 13), (13, 13)]), "gelu": (gelu, ref.gelu, [(3, 13)]),
+       "softmax": (softmax, ref.softmax, [(3, 13)])}
+
+
+def with_gradient_scaled(fn, factor: Tensor):
+  """fn with its inputs' gradients multiplied by factor: t.detach() + (t - t.detach()) * factor is t going forward."""
+  return lambda *ts: fn(*[t.detach() + (t - t.detach()) * factor.cast(t.dtype) for t in ts])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_a_wrong_gradient_fails(backend, dtype, op):
+  fn, reference, shapes = OPS[op]
+  inputs = [normal(np.random.default_rng(i), *shape, scale=3.0) for i, shape in enumerate(shapes)]
+  with on(backend):
+    factor = Tensor([1.0]).realize()
+    check(with_gradient_scaled(fn, factor), reference, inputs, dtype)  # right: passes
+    for name, wrong in WRONG.items():
+      factor.assign(Tensor([wrong])).realize()
+      with pytest.raises(AssertionError, match="gradient of input"): check(with_gradient_scaled(fn, factor), reference, inputs, dtype)
