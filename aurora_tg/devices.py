@@ -1,5 +1,5 @@
 """Backend selection: tinygrad's DEV picks the device; this module only validates the user's choice."""
-import contextlib, os
+import os
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.helpers import DEV
 from aurora_tg import UserError
@@ -12,25 +12,34 @@ INSTALL_HINT = ("install one: clang for the CPU (apt install clang), an OpenCL d
 os.environ.setdefault("POCL_EXTRA_BUILD_FLAGS", "-w")
 
 
-def works(device: str) -> bool:
-  """Open the device and run one tiny kernel on it: opening alone succeeds on some half-installed backends."""
-  with contextlib.suppress(Exception):
-    return (Tensor([1.0, 2.0], device=device) * 2).tolist() == [2.0, 4.0]
-  return False
+def problem(device: str) -> str | None:
+  """Why the device does not work (None: it does). It is opened and runs one tiny kernel: opening alone succeeds on
+  some half-installed backends. A wrong result is a problem too, named as such."""
+  try: result = (Tensor([1.0, 2.0], device=device) * 2).tolist()
+  except Exception as e: return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+  return None if result == [2.0, 4.0] else f"computed {result} for [2.0, 4.0] (a wrong result)"
 
 
-def supports_dtype(device: str, dtype: str) -> bool:
-  """Store and compute in dtype once. Renderers' own claims are not enough: tinygrad's CPU renderer offers bfloat16
-  on x86, but older clang cannot compile it. The compiler's complaint goes to /dev/null. float32 is every backend's
-  own dtype: no probe (it would cost a kernel at every start)."""
-  if dtype == "float32": return True
+def works(device: str) -> bool: return problem(device) is None
+
+
+def dtype_problem(device: str, dtype: str) -> str | None:
+  """Why the device cannot store and compute in dtype (None: it can), tried once: renderers' own claims are not
+  enough (tinygrad's CPU renderer offers bfloat16 on x86, but older clang cannot compile it). The compiler's
+  complaint goes to /dev/null. float32 is every backend's own dtype: no probe (it would cost a kernel at every
+  start). A kernel that compiles and computes wrongly is named apart from one that does not compile."""
+  if dtype == "float32": return None
   saved_stderr = os.dup(2)
   try:
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
     stored = (Tensor([1.5, 2.5], device=device).contiguous() * 2).cast(getattr(dtypes, dtype)).realize()
-    return (stored * 2).float().tolist() == [6.0, 10.0]
-  except Exception: return False
+    result = (stored * 2).float().tolist()
+  except Exception as e: return f"cannot compile {dtype} kernels ({type(e).__name__})"
   finally: os.dup2(saved_stderr, 2)
+  return None if result == [6.0, 10.0] else f"computes {result} in {dtype} for [6.0, 10.0] (a wrong result)"
+
+
+def supports_dtype(device: str, dtype: str) -> bool: return dtype_problem(device, dtype) is None
 
 
 def working_devices() -> list[str]:

@@ -1,4 +1,4 @@
-import json, struct
+import collections, io, json, pickle, struct, sys, types, zipfile
 import numpy as np
 import pytest
 from tinygrad import Tensor
@@ -121,13 +121,47 @@ def test_loaded_gpt2_grows_its_vocabulary_for_the_chat_tokens(tmp_path):
   np.testing.assert_allclose(wte[50:], np.broadcast_to(tensors["wte.weight"].mean(0), (50261 - 50, 16)), rtol=1e-5, atol=1e-6)
 
 
+def torch_save(tensors: dict[str, np.ndarray], path):
+  """What torch.save writes, made with the standard library (so the test runs without PyTorch): a zip of
+  archive/data.pkl, whose tensors are torch._utils._rebuild_tensor_v2 calls on storages named by persistent ids,
+  and archive/data/<id> with each storage's little-endian bytes."""
+  torch_module, utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+  def _rebuild_tensor_v2(*args): raise AssertionError("only pickled, never called")
+  _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+  FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+  torch_module.FloatStorage, torch_module._utils, utils._rebuild_tensor_v2 = FloatStorage, utils, _rebuild_tensor_v2
+  class Storage:
+    def __init__(self, key, array): self.key, self.array = key, array
+  class TorchTensor:
+    def __init__(self, storage): self.storage = storage
+    def __reduce__(self):
+      shape = self.storage.array.shape
+      strides = tuple(s // self.storage.array.itemsize for s in self.storage.array.strides)
+      return _rebuild_tensor_v2, (self.storage, 0, shape, strides, False, collections.OrderedDict())
+  class Pickler(pickle.Pickler):
+    def persistent_id(self, obj):
+      return ("storage", FloatStorage, obj.key, "cpu", obj.array.size) if isinstance(obj, Storage) else None
+  storages = {name: Storage(str(i), np.ascontiguousarray(v, dtype="<f4")) for i, (name, v) in enumerate(tensors.items())}
+  buffer = io.BytesIO()
+  saved = {name: sys.modules.get(name) for name in ("torch", "torch._utils")}
+  sys.modules.update({"torch": torch_module, "torch._utils": utils})  # pickle names globals by their import path
+  try: Pickler(buffer, protocol=2).dump(collections.OrderedDict((name, TorchTensor(s)) for name, s in storages.items()))
+  finally:
+    for name, module in saved.items():
+      if module is None: sys.modules.pop(name)
+      else: sys.modules[name] = module
+  with zipfile.ZipFile(path, "w") as z:
+    z.writestr("archive/data.pkl", buffer.getvalue())
+    for s in storages.values(): z.writestr(f"archive/data/{s.key}", s.array.tobytes())
+    z.writestr("archive/version", "3\n")
+
+
 def test_pytorch_bin_loads_like_safetensors(tmp_path):
-  torch = pytest.importorskip("torch")
   tensors = hf_tensors(**HF_SHAPE)
   folder = tmp_path / "bin"
   folder.mkdir()
   (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", **HF_SHAPE}))
-  torch.save({k: torch.from_numpy(v) for k, v in tensors.items()}, folder / "pytorch_model.bin")
+  torch_save(tensors, folder / "pytorch_model.bin")
   reference = hf.load_weights(write_hf_folder(tmp_path / "st", tensors))
   loaded = hf.load_weights(folder)
   for name, t in get_state_dict(reference).items(): np.testing.assert_array_equal(get_state_dict(loaded)[name].numpy(), t.numpy())

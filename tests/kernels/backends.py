@@ -1,26 +1,33 @@
 """The kernel tests' parameters: every tinygrad backend (and, where a test asks for it, every dtype the backend
-supports), skipped with the reason where absent. tests/conftest.py applies them to tests taking `backend`."""
-import functools
+supports), skipped with the reason where absent. tests/conftest.py applies them to tests taking `backend`.
+
+A skip must never hide a failure: only a backend that cannot be opened or a dtype that cannot be compiled is
+skipped; one that computes wrongly runs its tests (and fails them). In CI (CI=true) the backends the machine is set
+up for (REQUIRED_IN_CI) must work: one that does not stops the run at collection, with the reason."""
+import functools, os
 import pytest
-from aurora_tg.devices import supports_dtype, works
+from aurora_tg.devices import dtype_problem, problem
 
 # Every backend Aurora's one code path targets; those not present here show up as skipped, with the reason.
 KERNEL_BACKENDS = ("CPU", "CL", "CUDA", "NV", "AMD", "METAL")
 DTYPES = ("float32", "float16", "bfloat16")
+REQUIRED_IN_CI = ("CPU", "CL")  # .ci/run installs clang and PoCL
 
 
 @functools.cache
-def available(backend: str) -> bool: return works(backend)
+def backend_problem(backend: str) -> str | None: return problem(backend)
 
 
 @functools.cache
-def supports(backend: str, dtype: str) -> bool: return supports_dtype(backend, dtype)
+def dtype_trouble(backend: str, dtype: str) -> str | None: return dtype_problem(backend, dtype)
 
 
 def backend_param(backend: str, chosen: str | None):
   if chosen and backend != chosen.split(":")[0]: return pytest.param(backend, marks=pytest.mark.skip(reason=f"{backend}: only {chosen} was chosen (--device/DEV)"))
-  if not available(backend): return pytest.param(backend, marks=pytest.mark.skip(reason=f"{backend}: no working device of this kind here"))
-  return pytest.param(backend)
+  why = backend_problem(backend)
+  if why is None or "wrong result" in why: return pytest.param(backend)
+  if os.environ.get("CI") == "true" and backend in REQUIRED_IN_CI: pytest.fail(f"CI needs the {backend} backend: {why}", pytrace=False)
+  return pytest.param(backend, marks=pytest.mark.skip(reason=f"{backend}: not working here ({why})"))
 
 
 def parametrize(metafunc):
@@ -29,7 +36,7 @@ def parametrize(metafunc):
   params = []
   for b in backends:
     for dtype in DTYPES:
-      runs = not b.marks and supports(b.values[0], dtype)
-      skip = [] if runs or b.marks else [pytest.mark.skip(reason=f"{b.values[0]} cannot compile {dtype} kernels here")]
+      why = None if b.marks else dtype_trouble(b.values[0], dtype)
+      skip = [pytest.mark.skip(reason=f"{b.values[0]}: {why}")] if why and "wrong result" not in why else []
       params.append(pytest.param(b.values[0], dtype, marks=[*b.marks, *skip], id=f"{b.values[0]}-{dtype}"))
   metafunc.parametrize(("backend", "dtype"), params)
