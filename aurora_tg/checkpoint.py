@@ -6,7 +6,7 @@ from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError, config, devices, hf, lora
 from aurora_tg.config import StageConfig
-from aurora_tg.files import read_safetensors, safetensors_header, write_safetensors
+from aurora_tg.files import read_safetensors, safetensors_header, write_atomically, write_safetensors
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import Tokenizer, gpt2
 
@@ -91,10 +91,7 @@ def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[
 
 def link(source: Path, target: Path):
   """target as another name of source's file (no copy): the next save replaces source's name, not the file."""
-  tmp = target.with_name(target.name + ".tmp-link")
-  tmp.unlink(missing_ok=True)
-  os.link(source, tmp)
-  os.replace(tmp, target)
+  write_atomically(target, lambda tmp: os.link(source, tmp))
 
 
 def one_copy(t: Tensor) -> Tensor:

@@ -204,13 +204,17 @@ def train_settings(preset: str, row: str, flags: dict, device: str) -> TrainSett
   values |= {k: flags[k] for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every", "seed") if k in flags}
   if "dtype" in flags: values["compute_dtype"] = flags["dtype"]
   s = TrainSettings(**values)
-  for name in ("steps", "batch_size", "grad_accum", "eval_every"):
-    if getattr(s, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(s, name)}")
+  check_counts(s)
   if not s.lr > 0 or not math.isfinite(s.lr): raise UserError(f"--lr must be positive, got {s.lr}")
   if s.compute_dtype not in DTYPES: raise UserError(f"--dtype must be float32, bfloat16 or float16, got {s.compute_dtype!r}")
   if "dtype" not in flags and not devices.supports_dtype(device, s.compute_dtype):
     s = replace(s, compute_dtype="float32")  # the preset's mixed precision needs a backend that has it
   return replace(s, warmup=min(s.warmup, max(1, s.steps // 10)), devices=devices.parse_devices(flags.get("devices")))
+
+
+def check_counts(s: TrainSettings):
+  for name in ("steps", "batch_size", "grad_accum", "eval_every"):
+    if getattr(s, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(s, name)}")
 
 
 def check_machine(s: TrainSettings, device: str, resuming: bool = False):
@@ -250,7 +254,6 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
   data = flags.get("data")
   if data and Path(data).exists(): data = str(Path(data).resolve())  # a resumed run may start elsewhere
   row = flags.get("optimizer", "adamw") if stage == "pretrain" else stage
-  if flags.get("keep", 0) < 0: raise UserError(f"--keep must be 0 or more, got {flags['keep']}")
   common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"), **_options(flags, "keep", "keep_best"),
                 train=train_settings(init_preset or size, row, flags, device))
   if stage == "pretrain":
@@ -267,6 +270,7 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
 
 def validate(cfg: StageConfig):
   """Stage options in range (what needs the model, such as --freeze's upper bound, is checked where it is loaded)."""
+  if cfg.keep < 0: raise UserError(f"--keep must be 0 or more, got {cfg.keep}")
   if isinstance(cfg, SFTConfig) and cfg.freeze < 0: raise UserError(f"--freeze must be 0 or more, got {cfg.freeze}")
   if isinstance(cfg, LoRAStageConfig):
     lora = cfg.lora
@@ -309,11 +313,11 @@ def resumed(saved: StageConfig, flags: dict, device: str) -> StageConfig:
     raise UserError(f"{dash(name)} {value} does not match the run being resumed ({recorded.get(name)}); "
                     "drop it, or start a new run with another --out")
   train = replace(saved.train, **{k: flags[k] for k in ("steps", "eval_every") if k in flags})
-  for name in ("steps", "eval_every"):
-    if getattr(train, name) < 1: raise UserError(f"{dash(name)} must be at least 1, got {getattr(train, name)}")
+  check_counts(train)
   spec = flags["devices"] if "devices" in flags else ",".join(saved.train.devices) or None
   cfg = replace(saved, train=replace(train, devices=devices.parse_devices(spec)), wandb=flags.get("wandb", saved.wandb),
                 keep=flags.get("keep", saved.keep), keep_best=flags.get("keep_best", saved.keep_best))
+  validate(cfg)
   check_machine(cfg.train, device, resuming=True)
   return cfg
 

@@ -1,5 +1,5 @@
 """Backend selection: tinygrad's DEV picks the device; this module only validates the user's choice."""
-import os
+import functools, os
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.helpers import DEV
 from aurora_tg import UserError
@@ -16,13 +16,14 @@ def problem(device: str) -> str | None:
   """Why the device does not work (None: it does). It is opened and runs one tiny kernel: opening alone succeeds on
   some half-installed backends. A wrong result is a problem too, named as such."""
   try: result = (Tensor([1.0, 2.0], device=device) * 2).tolist()
-  except Exception as e: return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+  except Exception as e: return f"{type(e).__name__}: {next(iter(str(e).strip().splitlines()), '')}"
   return None if result == [2.0, 4.0] else f"computed {result} for [2.0, 4.0] (a wrong result)"
 
 
 def works(device: str) -> bool: return problem(device) is None
 
 
+@functools.cache  # a new run asks twice (the preset's default, then the machine check); the answer does not change
 def dtype_problem(device: str, dtype: str) -> str | None:
   """Why the device cannot store and compute in dtype (None: it can), tried once: renderers' own claims are not
   enough (tinygrad's CPU renderer offers bfloat16 on x86, but older clang cannot compile it). The compiler's

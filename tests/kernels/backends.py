@@ -18,10 +18,6 @@ REQUIRED_IN_CI = ("CPU", "CL")  # .ci/run installs clang and PoCL
 def backend_problem(backend: str) -> str | None: return problem(backend)
 
 
-@functools.cache
-def dtype_trouble(backend: str, dtype: str) -> str | None: return dtype_problem(backend, dtype)
-
-
 def backend_param(backend: str, chosen: str | None):
   if chosen and backend != chosen.split(":")[0]: return pytest.param(backend, marks=pytest.mark.skip(reason=f"{backend}: only {chosen} was chosen (--device/DEV)"))
   why = backend_problem(backend)
@@ -36,7 +32,7 @@ def parametrize(metafunc):
   params = []
   for b in backends:
     for dtype in DTYPES:
-      why = None if b.marks else dtype_trouble(b.values[0], dtype)
+      why = None if b.marks else dtype_problem(b.values[0], dtype)
       skip = [pytest.mark.skip(reason=f"{b.values[0]}: {why}")] if why and "wrong result" not in why else []
       params.append(pytest.param(b.values[0], dtype, marks=[*b.marks, *skip], id=f"{b.values[0]}-{dtype}"))
   metafunc.parametrize(("backend", "dtype"), params)
