@@ -15,9 +15,16 @@ def parse_args(argv=None):
                  "and optimizer state); default float32, bfloat16 for the gpt2 presets where the backend has it")
   p.add_argument("--devices", help="data parallel: a device list (CUDA:0,CUDA:1) or a count of --device's devices (8); "
                  "each takes an equal share of every batch")
-  p.add_argument("--data", help="pretrain/distill: a text file, a folder of .txt/.md files, or a .jsonl with a 'text' field "
-                                "(default: Python's bundled documentation); sft/lora: a .jsonl of {\"messages\": [...]} "
-                                "(default: conversations built from that documentation)")
+  p.add_argument("--data", help="pretrain/distill: a text file, a folder, .jsonl(.gz/.zst) or .parquet with a text field, "
+                                "hf:REPO[:FILES] (a Hugging Face dataset), fineweb-edu, tinystories, or a folder "
+                                "python -m aurora_tg.prepare wrote (default: Python's bundled documentation); tokenized once "
+                                "into cached shards; sft/lora: a .jsonl of {\"messages\": [...]} (default: conversations "
+                                "built from that documentation)")
+  p.add_argument("--text-field", help="pretrain/distill: the JSON or parquet field holding the text (default text)")
+  p.add_argument("--max-tokens", type=int, help="pretrain/distill: take only the first N tokens of --data")
+  p.add_argument("--data-order", choices=("random", "sequential"), help="pretrain/distill: random windows (default), or a "
+                 "sequential pass over the data in a seeded shard order, continued exactly by --resume")
+  p.add_argument("--workers", type=int, help="processes that tokenize --data the first time (default: one per core)")
   p.add_argument("--out", help="run folder for checkpoint, tokenizer and metrics (default: runs/<size>)")
   p.add_argument("--size", help="model preset: tiny, small (default), medium, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
   p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
@@ -28,6 +35,7 @@ def parse_args(argv=None):
   p.add_argument("--lr", type=float, help="peak learning rate (default: the optimizer's and preset's)")
   p.add_argument("--eval-every", type=int, help="steps between validation evaluations and checkpoints")
   p.add_argument("--tokenizer", choices=("bpe", "gpt2"), help="own BPE trained on the data, or GPT-2's (default: by preset)")
+  p.add_argument("--bpe-sample-mb", type=float, help="the own BPE trains on this many MB from the start of the data (default 100)")
   p.add_argument("--norm", choices=("layernorm", "rmsnorm"))
   p.add_argument("--pos", choices=("learned", "rope"))
   p.add_argument("--mlp", choices=("gelu", "swiglu"))

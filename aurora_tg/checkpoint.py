@@ -28,6 +28,7 @@ class RunRecord:
   elapsed_s: float = 0.0           # training time so far, so a resumed run's clock goes on
   wandb_id: str | None = None      # the Weights & Biases run a resumed run keeps logging to
   best_val_loss: float | None = None  # the lowest validation loss so far (--keep-best)
+  data_position: dict | None = None   # where a sequential pass over the data is (--data-order sequential)
   version: int = FORMAT_VERSION
 
   @property
@@ -39,7 +40,8 @@ class RunRecord:
   def to_json(self, run_dir: str | Path) -> str:
     return json.dumps({"version": self.version, "stage": self.stage, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
                        "run": self.run.to_dict(run_dir) if self.run else None, "step": self.step, "rng": self.rng,
-                       "elapsed_s": self.elapsed_s, "wandb_id": self.wandb_id, "best_val_loss": self.best_val_loss})
+                       "elapsed_s": self.elapsed_s, "wandb_id": self.wandb_id, "best_val_loss": self.best_val_loss,
+                       "data_position": self.data_position})
 
   @classmethod
   def from_json(cls, text: str, run_dir: str | Path) -> "RunRecord":
@@ -48,7 +50,7 @@ class RunRecord:
     if d["version"] > FORMAT_VERSION: raise UserError(f"record format {d['version']} is newer than this Aurora's ({FORMAT_VERSION}): update Aurora")
     run = config.from_dict(d["run"], run_dir) if d["run"] else None
     return cls(d["stage"], GPTConfig.from_dict(d["model"]), d["tokenizer"], run, d["step"], d["rng"], d["elapsed_s"], d["wandb_id"],
-               d.get("best_val_loss"))
+               d.get("best_val_loss"), d.get("data_position"))
 
 
 def _from_version_1(d: dict, run_dir: str | Path) -> RunRecord:

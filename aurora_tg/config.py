@@ -64,17 +64,18 @@ DEFAULTS: dict[str, dict] = {
   "distill": dict(steps=500, lr=3e-3, grad_accum=1),
 }
 
+TEXT_FLAGS = ("text_field", "max_tokens", "data_order")  # the stages that train on text (see TextData)
 # The flags every stage takes, and those of one stage (or a few); a flag of another stage is refused, naming its own.
 # --stage, --device and --resume say how to run, not what: they are not part of a config.
 COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "eval_every", "dtype", "devices", "seed", "wandb",
                 "keep", "keep_best")
 STAGE_FLAGS = {
-  "pretrain": ("size", "tokenizer", "norm", "pos", "mlp", "optimizer"),
+  "pretrain": ("size", "tokenizer", "norm", "pos", "mlp", "optimizer", "bpe_sample_mb", *TEXT_FLAGS),
   "sft":      ("init", "freeze"),
   "lora":     ("init", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets"),
-  "distill":  ("teacher", "init", "size", "norm", "pos", "mlp", "distill_alpha", "distill_temperature"),
+  "distill":  ("teacher", "init", "size", "norm", "pos", "mlp", "distill_alpha", "distill_temperature", *TEXT_FLAGS),
 }
-RUN_FLAGS = ("stage", "device", "resume")
+RUN_FLAGS = ("stage", "device", "resume", "workers")
 # A resumed run may go on longer, evaluate at another interval, move to other devices or log elsewhere; anything
 # else it takes from its record.
 RESUME_MAY_CHANGE = ("out", "steps", "eval_every", "devices", "wandb", "keep", "keep_best")
@@ -119,10 +120,19 @@ class NewModel:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PretrainConfig(NewModel, StageConfig):
+class TextData:
+  """How a stage that trains on text takes it from --data (prepared into shards by aurora_tg/prepare.py)."""
+  text_field: str = "text"        # the JSON lines' or parquet's field holding the text
+  max_tokens: int | None = None   # the first this many tokens of the source
+  data_order: str = "random"      # random windows, or a sequential pass over the shards in a seeded order
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(TextData, NewModel, StageConfig):
   stage = "pretrain"
   size: str = "small"
   tokenizer: str = "bpe"     # an own BPE trained on the data, or GPT-2's
+  bpe_sample_mb: float = 100.0  # the own BPE trains on this many megabytes from the start of the data
   chat_after: bool = False   # the default pipeline: chat fine-tuning follows (config.chat_finetune_after)
 
 
@@ -141,7 +151,7 @@ class LoRAStageConfig(StageConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
-class DistillConfig(NewModel, StageConfig):
+class DistillConfig(TextData, NewModel, StageConfig):
   stage = "distill"
   teacher: str
   size: str = "tiny"         # the shape of a new student
@@ -258,9 +268,11 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
                 train=train_settings(init_preset or size, row, flags, device))
   if stage == "pretrain":
     tokenizer = flags.get("tokenizer") or ("bpe" if "vocab_size" in PRESETS[size] else "gpt2")
-    cfg = PretrainConfig(**common, **_options(flags, "norm", "pos", "mlp"), size=size, tokenizer=tokenizer, chat_after=chat_after)
+    cfg = PretrainConfig(**common, **_options(flags, "norm", "pos", "mlp", "bpe_sample_mb", *TEXT_FLAGS), size=size, tokenizer=tokenizer,
+                         chat_after=chat_after)
   elif stage == "distill":
-    cfg = DistillConfig(**common, **_options(flags, "norm", "pos", "mlp", "teacher", "init", "distill_alpha", "distill_temperature"), size=size)
+    cfg = DistillConfig(**common, **_options(flags, "norm", "pos", "mlp", "teacher", "init", "distill_alpha", "distill_temperature", *TEXT_FLAGS),
+                        size=size)
   elif stage == "sft": cfg = SFTConfig(**common, **_options(flags, "init", "freeze"))
   else: cfg = LoRAStageConfig(**common, init=flags["init"], lora=LoRAConfig(**_options(flags, "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")))
   validate(cfg)
@@ -271,6 +283,10 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
 def validate(cfg: StageConfig):
   """Stage options in range (what needs the model, such as --freeze's upper bound, is checked where it is loaded)."""
   if cfg.keep < 0: raise UserError(f"--keep must be 0 or more, got {cfg.keep}")
+  if isinstance(cfg, TextData):
+    if cfg.data_order not in ("random", "sequential"): raise UserError(f"--data-order must be random or sequential, got {cfg.data_order!r}")
+    if cfg.max_tokens is not None and cfg.max_tokens < 1: raise UserError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
+  if isinstance(cfg, PretrainConfig) and not cfg.bpe_sample_mb > 0: raise UserError(f"--bpe-sample-mb must be positive, got {cfg.bpe_sample_mb}")
   if isinstance(cfg, SFTConfig) and cfg.freeze < 0: raise UserError(f"--freeze must be 0 or more, got {cfg.freeze}")
   if isinstance(cfg, LoRAStageConfig):
     lora = cfg.lora
@@ -289,7 +305,8 @@ def as_flags(cfg: StageConfig) -> dict:
   t = cfg.train
   flags = dict(data=cfg.data, steps=t.steps, batch_size=t.batch_size, grad_accum=t.grad_accum, lr=t.lr,
                eval_every=t.eval_every, dtype=t.compute_dtype, seed=t.seed, optimizer=t.optimizer)
-  flags |= {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name in ("size", "tokenizer", "norm", "pos", "mlp", "init", "teacher", "freeze")}
+  flags |= {f.name: getattr(cfg, f.name) for f in fields(cfg)
+            if f.name in ("size", "tokenizer", "norm", "pos", "mlp", "init", "teacher", "freeze", "bpe_sample_mb", *TEXT_FLAGS)}
   if isinstance(cfg, LoRAStageConfig):
     flags |= dict(lora_rank=cfg.lora.rank, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout, lora_targets=",".join(cfg.lora.targets))
   if isinstance(cfg, DistillConfig): flags |= dict(distill_alpha=cfg.alpha, distill_temperature=cfg.temperature)

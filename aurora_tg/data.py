@@ -1,110 +1,87 @@
-"""Training text: sources, the embedded default corpus, a cached memory-mapped token file, seeded batches."""
-import contextlib, hashlib, importlib, inspect, io, json, os, sys, warnings
+"""Training tokens: prepared shards (aurora_tg/prepare.py writes them) read memory-mapped, in seeded random windows
+or in a sequential pass whose position a checkpoint saves."""
+import json, os
 from pathlib import Path
 import numpy as np
 from aurora_tg import UserError
-from aurora_tg.files import write_atomically
 
-TEXT_SUFFIXES = (".txt", ".md")
-# stdlib modules that open windows, print on import or install things: never imported for their docstrings
-_NOISY_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data", "ensurepip", "venv", "lib2to3"}
-
-
-def stdlib_modules():
-  """(name, module) for each importable public stdlib module, imported quietly."""
-  for name in sorted(sys.stdlib_module_names):
-    if name.startswith("_") or name in _NOISY_MODULES: continue
-    try:
-      with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        module = importlib.import_module(name)
-    except BaseException: continue  # platform-specific or broken modules are simply left out
-    yield name, module
-
-
-def default_corpus() -> list[str]:
-  """Python's own documentation, shipped with every CPython: the pydoc topics plus the stdlib's docstrings."""
-  from pydoc_data.topics import topics
-  docs = [topics[k] for k in sorted(topics)]
-  for name, module in stdlib_modules(): docs.extend(_module_docstrings(module, name))
-  return docs
-
-
-def _module_docstrings(module, name: str) -> list[str]:
-  objects = [module]
-  for attr, obj in sorted(vars(module).items()):
-    if attr.startswith("_") or getattr(obj, "__module__", None) != name: continue
-    if inspect.isfunction(obj): objects.append(obj)
-    if inspect.isclass(obj):
-      objects.append(obj)
-      objects.extend(f for m, f in sorted(vars(obj).items()) if not m.startswith("_") and inspect.isfunction(f))
-  return [doc for obj in objects if (doc := inspect.getdoc(obj))]
-
-
-def _read_text_file(path: Path) -> str:
-  data = path.read_bytes()
-  if b"\0" in data[:8192]: raise UserError(f"{path} looks like a binary file, not text")
-  try: return data.decode("utf-8")
-  except UnicodeDecodeError as e: raise UserError(f"{path} is not UTF-8 text (byte {e.start})") from None
-
-
-def _read_jsonl(path: Path) -> list[str]:
-  texts = []
-  for lineno, line in enumerate(_read_text_file(path).splitlines(), 1):
-    if not line.strip(): continue
-    try: record = json.loads(line)
-    except json.JSONDecodeError: raise UserError(f"{path}:{lineno}: not valid JSON") from None
-    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-      raise UserError(f"{path}:{lineno}: expected an object with a string 'text' field")
-    texts.append(record["text"])
-  return texts
-
-
-def read_texts(path: str | None) -> list[str]:
-  """Documents from a text file, a folder of .txt/.md files, or a .jsonl with a 'text' field; None means the default."""
-  if path is None: return default_corpus()
-  p = Path(path)
-  if not p.exists(): raise UserError(f"data path {path} does not exist")
-  if p.is_dir():
-    files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES)
-    if not files: raise UserError(f"folder {path} holds no .txt or .md files")
-    texts = [_read_text_file(f) for f in files]
-  elif p.suffix.lower() == ".jsonl": texts = _read_jsonl(p)
-  else: texts = [_read_text_file(p)]
-  texts = [t for t in texts if t.strip()]
-  if not texts: raise UserError(f"data path {path} holds no text")
-  return texts
+MANIFEST = "manifest.json"
+FORMAT = 1  # of the shards and manifest.json
 
 
 def cache_dir() -> Path:
   return Path(os.environ.get("AURORA_CACHE", Path.home() / ".cache" / "aurora_tg"))
 
 
-def tokenize_cached(texts: list[str], tokenizer) -> np.ndarray:
-  """All documents as one token stream, each followed by <|endoftext|>, memory-mapped from a file keyed by content hash."""
-  h = hashlib.sha256(tokenizer.fingerprint().encode())
-  for t in texts: h.update(hashlib.sha256(t.encode()).digest())
-  dtype = np.uint16 if tokenizer.n_vocab <= 2**16 else np.uint32
-  path = cache_dir() / f"tokens-{h.hexdigest()[:20]}.{np.dtype(dtype).name}"
-  if not path.exists():
-    ids = []
-    for text in texts: ids.extend(tokenizer.encode(text) + [tokenizer.eot])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, np.asarray(ids, dtype=dtype).tofile)
-  return np.memmap(path, dtype=dtype, mode="r")
+def read_manifest(folder: Path) -> dict:
+  try: manifest = json.loads((folder / MANIFEST).read_text())
+  except (OSError, ValueError) as e: raise UserError(f"cannot read {folder / MANIFEST}: {e}") from None
+  if manifest.get("identity", {}).get("format") != FORMAT: raise UserError(f"{folder} was prepared by another Aurora version; prepare it again")
+  return manifest
+
+
+def load_shards(folder: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """A prepared folder's train and validation shards, memory-mapped: resident memory does not grow with the corpus."""
+  m = read_manifest(folder)
+  if not m["complete"]: raise UserError(f"the preparation of {folder} did not finish; run it again to complete it")
+  def mapped(entry):
+    path = folder / entry["file"]
+    if not path.exists() or path.stat().st_size != entry["tokens"] * np.dtype(m["dtype"]).itemsize:
+      raise UserError(f"shard {path} is missing or damaged; delete {folder} and prepare it again")
+    return np.memmap(path, dtype=m["dtype"], mode="r")
+  return [mapped(e) for e in m["shards"]["train"]], [mapped(e) for e in m["shards"]["val"]]
 
 
 class TokenData:
-  """A token stream split into train and validation parts (the last val_fraction is held out)."""
-  def __init__(self, tokens: np.ndarray, block_size: int, val_fraction: float = 0.05):
-    n_val = max(block_size + 1, int(len(tokens) * val_fraction))
-    if len(tokens) < n_val + block_size + 1:
-      raise UserError(f"data has {len(tokens)} tokens; a context of {block_size} needs at least {n_val + block_size + 1}")
-    self.train, self.val, self.block_size = tokens[:-n_val], tokens[-n_val:], block_size
+  """Train and validation tokens as lists of shards; given one array, its tail (val_fraction) is held out.
+  order: "random" (windows drawn with the trainer's generator) or "sequential" (every token once an epoch, shards
+  in a seeded order; state() is the position a checkpoint saves)."""
+  def __init__(self, train, block_size: int, val: list[np.ndarray] | None = None, val_fraction: float = 0.05,
+               order: str = "random", seed: int = 0):
+    if val is None:
+      n_val = max(block_size + 1, int(len(train) * val_fraction))
+      train, val = [train[:-n_val]], [train[-n_val:]]
+    self.block_size, self.order, self.seed = block_size, order, seed
+    self.train, self.val = [s for s in train if len(s) > block_size], [s for s in val if len(s) > block_size]
+    self.train_tokens, self.val_tokens = sum(map(len, train)), sum(map(len, val))
+    if not self.train or not self.val:
+      split = "training" if not self.train else "validation"
+      raise UserError(f"the data's {split} part has {self.train_tokens if not self.train else self.val_tokens} tokens in pieces "
+                      f"too short for a context of {block_size}; give more text")
+    self.position = {"epoch": 0, "shard": 0, "offset": 0}
 
   def batch(self, rng: np.random.Generator, batch_size: int, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """Random windows: inputs (B, T) and next-token targets (B, T), as int32."""
-    data = self.train if split == "train" else self.val
-    starts = rng.integers(0, len(data) - self.block_size - 1, size=batch_size)
-    window = np.stack([data[s:s + self.block_size + 1] for s in starts]).astype(np.int32)
+    """Inputs (B, T) and next-token targets (B, T), as int32."""
+    if split == "train" and self.order == "sequential":
+      window = self._next_sequential(batch_size * self.block_size + 1).astype(np.int32)
+      return window[:-1].reshape(batch_size, -1), window[1:].reshape(batch_size, -1)
+    shards = self.train if split == "train" else self.val
+    windows = np.array([len(s) - self.block_size for s in shards])  # the window starts each shard has
+    starts = rng.integers(0, windows.sum(), size=batch_size)
+    which = np.searchsorted(np.cumsum(windows), starts, side="right")
+    starts = starts - (np.cumsum(windows) - windows)[which]
+    window = np.stack([shards[i][s:s + self.block_size + 1] for i, s in zip(which, starts)]).astype(np.int32)
     return window[:, :-1], window[:, 1:]
+
+  def shard_order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.train))
+
+  def _next_sequential(self, n: int) -> np.ndarray:
+    """The next n tokens of the pass (consecutive rows share their edge token, as next-token targets need); a shard's
+    tail shorter than n is skipped."""
+    if not any(len(s) >= n for s in self.train):
+      raise UserError(f"--data-order sequential needs a shard of at least {n:,} tokens (batch x context + 1); give more text")
+    p = self.position
+    while True:
+      shard = self.train[self.shard_order(p["epoch"])[p["shard"]]]
+      if p["offset"] + n <= len(shard):
+        out = shard[p["offset"]:p["offset"] + n]
+        p["offset"] += n - 1
+        return out
+      p["shard"], p["offset"] = p["shard"] + 1, 0
+      if p["shard"] == len(self.train): p["epoch"], p["shard"] = p["epoch"] + 1, 0
+
+  def state(self) -> dict: return dict(self.position)
+
+  def restore(self, state: dict | None):
+    if state: self.position = dict(state)

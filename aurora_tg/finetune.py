@@ -4,7 +4,8 @@ from tinygrad import Tensor, nn
 from aurora_tg import UserError, checkpoint, lora
 from aurora_tg.chat import stop_tokens, stream_text
 from aurora_tg.config import DistillConfig, LoRAStageConfig, SFTConfig
-from aurora_tg.data import read_texts, tokenize_cached, TokenData
+from aurora_tg.data import TokenData
+from aurora_tg.prepare import token_data
 from aurora_tg.generate import Generator, Sampling
 from aurora_tg.model import GPT, IGNORE_INDEX, cross_entropy
 from aurora_tg.sft import ChatData, default_conversations, read_conversations
@@ -31,10 +32,10 @@ def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
   return [t for t in nn.state.get_parameters(model) if id(t) not in frozen]
 
 
-def prepare(cfg: SFTConfig | LoRAStageConfig | DistillConfig) -> tuple[Trainer, Tokenizer, ChatData | TokenData]:
-  """The trainer for a fine-tuning stage, with the tokenizer and data it trains on."""
+def prepare(cfg: SFTConfig | LoRAStageConfig | DistillConfig, workers: int = 0) -> tuple[Trainer, Tokenizer, ChatData | TokenData]:
+  """The trainer for a fine-tuning stage, with the tokenizer and data it trains on (workers: see run.run_stage)."""
   Tensor.manual_seed(cfg.train.seed)  # new weights (LoRA adapters, a new student) start alike in every run of a config
-  if isinstance(cfg, DistillConfig): return prepare_distill(cfg)
+  if isinstance(cfg, DistillConfig): return prepare_distill(cfg, workers)
   model, tokenizer, _ = checkpoint.load_model(cfg.init)
   conversations = read_conversations(cfg.data, warn=lambda line: print(f"warning: {line}")) if cfg.data else default_conversations()
   data, s = ChatData(conversations, tokenizer, model.cfg.block_size), cfg.train
@@ -45,7 +46,7 @@ def prepare(cfg: SFTConfig | LoRAStageConfig | DistillConfig) -> tuple[Trainer, 
   return Trainer(model, data, s, adamw(params, s.lr, s.weight_decay)), tokenizer, data
 
 
-def prepare_distill(cfg: DistillConfig) -> tuple[Trainer, Tokenizer, TokenData]:
+def prepare_distill(cfg: DistillConfig, workers: int) -> tuple[Trainer, Tokenizer, TokenData]:
   teacher, tokenizer, _ = checkpoint.load_model(cfg.teacher)
   if cfg.init:
     student, student_tokenizer, _ = checkpoint.load_model(cfg.init)
@@ -55,9 +56,10 @@ def prepare_distill(cfg: DistillConfig) -> tuple[Trainer, Tokenizer, TokenData]:
   else: student = GPT(cfg.model_config(tokenizer.n_vocab))
   if student.cfg.block_size > teacher.cfg.block_size:
     raise UserError(f"the student's context ({student.cfg.block_size}) is longer than the teacher's ({teacher.cfg.block_size})")
-  data, s = TokenData(tokenize_cached(read_texts(cfg.data), tokenizer), student.cfg.block_size), cfg.train
+  data, s = token_data(cfg, tokenizer, student.cfg.block_size, workers), cfg.train
   loss = lambda x, y: distillation_loss(student(x), teacher(x), y, cfg.alpha, cfg.temperature)
-  return Trainer(student, data, s, adamw(nn.state.get_parameters(student), s.lr, s.weight_decay), loss=loss), tokenizer, data
+  return (Trainer(student, data, s, adamw(nn.state.get_parameters(student), s.lr, s.weight_decay), loss=loss,
+                  token_bytes=tokenizer.token_bytes()), tokenizer, data)
 
 
 def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3) -> list[tuple[str, str]]:

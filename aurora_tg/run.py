@@ -7,11 +7,13 @@ from aurora_tg import UserError, checkpoint, config, devices, finetune, lora, pl
 from aurora_tg.checkpoint import RunRecord
 from aurora_tg.config import PretrainConfig, StageConfig
 from aurora_tg.files import RunLock, remove_stale_temporaries
-from aurora_tg.data import read_texts, tokenize_cached, TokenData
+from aurora_tg.data import MANIFEST, TokenData
+from aurora_tg.prepare import make_tokenizer, token_data
+from aurora_tg.sources import open_source
 from aurora_tg.generate import Generator, Sampling
 from aurora_tg.metrics import RunLog, new_wandb_id, require_wandb
 from aurora_tg.model import GPT, PRESETS, num_params
-from aurora_tg.tokenizer import Tokenizer, gpt2, train_bpe
+from aurora_tg.tokenizer import Tokenizer
 from aurora_tg.trainer import Trainer, NonFinite, build_optimizer
 
 
@@ -52,44 +54,43 @@ def train(flags: dict) -> int:
   if any(cfg.wandb for cfg, _ in stages): require_wandb()
   for i, (cfg, resume) in enumerate(stages):
     if i: print("\nchat fine-tuning the pretrained model on conversations built from Python's documentation")
-    code = run_stage(cfg, resume, device)
+    code = run_stage(cfg, resume, device, flags.get("workers", 0))
     if code: return code
   return 0
 
 
-def make_tokenizer(cfg: PretrainConfig, texts: list[str]) -> Tokenizer:
-  if cfg.tokenizer == "gpt2": return gpt2()
-  vocab = PRESETS[cfg.size].get("vocab_size", 8192)
-  print(f"training a {vocab}-token BPE on the data...")
-  return train_bpe(texts, vocab)
+def pretraining_tokenizer(cfg: PretrainConfig) -> Tokenizer:
+  """A prepared folder's own tokenizer, GPT-2's, or a BPE trained on the start of the data."""
+  if cfg.data and (Path(cfg.data) / MANIFEST).exists(): return Tokenizer.load(str(Path(cfg.data) / checkpoint.TOKENIZER_NAME))
+  return make_tokenizer(cfg.tokenizer, open_source(cfg.data, cfg.text_field), PRESETS[cfg.size].get("vocab_size", 8192), cfg.bpe_sample_mb)
 
 
-def prepare_pretrain(cfg: PretrainConfig, run_dir: Path, resumed: RunRecord | None):
-  texts = read_texts(cfg.data)
-  tokenizer = Tokenizer.load(str(run_dir / checkpoint.TOKENIZER_NAME)) if resumed else make_tokenizer(cfg, texts)
+def prepare_pretrain(cfg: PretrainConfig, run_dir: Path, resumed: RunRecord | None, workers: int):
+  tokenizer = Tokenizer.load(str(run_dir / checkpoint.TOKENIZER_NAME)) if resumed else pretraining_tokenizer(cfg)
   model_cfg = cfg.model_config(tokenizer.n_vocab)
   if resumed and model_cfg != resumed.model: raise UserError(f"the model config differs from the checkpoint's ({resumed.model})")
-  data = TokenData(tokenize_cached(texts, tokenizer), model_cfg.block_size)
+  data = token_data(cfg, tokenizer, model_cfg.block_size, workers)
   Tensor.manual_seed(cfg.train.seed)
   model = GPT(model_cfg)
-  return Trainer(model, data, cfg.train, build_optimizer(model, cfg.train)), tokenizer, data
+  return Trainer(model, data, cfg.train, build_optimizer(model, cfg.train), token_bytes=tokenizer.token_bytes()), tokenizer, data
 
 
-def run_stage(cfg: StageConfig, resume: bool, device: str) -> int:
-  """One stage in its run folder, which it holds locked from start to end."""
+def run_stage(cfg: StageConfig, resume: bool, device: str, workers: int = 0) -> int:
+  """One stage in its run folder, which it holds locked from start to end. workers: the processes that tokenize
+  data not yet prepared (0: one per core)."""
   with RunLock(Path(cfg.out)):
     remove_stale_temporaries(Path(cfg.out))
-    return train_stage(cfg, resume, device)
+    return train_stage(cfg, resume, device, workers)
 
 
-def train_stage(cfg: StageConfig, resume: bool, device: str) -> int:
+def train_stage(cfg: StageConfig, resume: bool, device: str, workers: int = 0) -> int:
   run_dir = Path(cfg.out)
   ckpt_path = run_dir / checkpoint.CHECKPOINT_NAME
   if not resume and ckpt_path.exists():
     raise UserError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or --out for a new run")
   weights, optim_state, saved = checkpoint.load(ckpt_path) if resume else (None, None, None)
-  if cfg.stage == "pretrain": trainer, tokenizer, data = prepare_pretrain(cfg, run_dir, saved)
-  else: trainer, tokenizer, data = finetune.prepare(cfg)
+  if cfg.stage == "pretrain": trainer, tokenizer, data = prepare_pretrain(cfg, run_dir, saved, workers)
+  else: trainer, tokenizer, data = finetune.prepare(cfg, workers)
   record = RunRecord(cfg.stage, trainer.model.cfg, tokenizer.fingerprint(), cfg,
                      wandb_id=(saved.wandb_id if saved else None) or (new_wandb_id() if cfg.wandb else None))
   if saved:
@@ -127,9 +128,13 @@ def print_header(cfg: StageConfig, trainer: Trainer, data, device: str, resumed:
   where = f"devices {','.join(s.devices)}" if s.devices else f"device {device}"
   print(f"{cfg.stage} | {where}{'' if s.compute_dtype == 'float32' else ', ' + s.compute_dtype + ' compute'} | model: "
         f"{num_params(model) / 1e6:.2f}M parameters ({sum(p.numel() for p in trainer.params) / 1e6:.2f}M trained), context "
-        f"{model.cfg.block_size}, vocabulary {model.cfg.vocab_size} | data: {len(data.train):,} train / {len(data.val):,} val "
-        f"{'tokens' if isinstance(data, TokenData) else 'conversations'} | {s.steps} steps of {s.batch_size * s.grad_accum} x "
+        f"{model.cfg.block_size}, vocabulary {model.cfg.vocab_size} | data: {size(data)} | {s.steps} steps of {s.batch_size * s.grad_accum} x "
         f"{model.cfg.block_size} tokens, {s.optimizer} at lr {s.lr:g}" + (f" | resuming at step {trainer.step}" if resumed else ""))
+
+
+def size(data) -> str:
+  if isinstance(data, TokenData): return f"{data.train_tokens:,} train / {data.val_tokens:,} val tokens" + (", sequential" if data.order == "sequential" else "")
+  return f"{len(data.train):,} train / {len(data.val):,} val conversations"
 
 
 def print_sample(model: GPT, tokenizer: Tokenizer, seed: int):

@@ -4,7 +4,7 @@ import hashlib, json, re
 from pathlib import Path
 import numpy as np
 from aurora_tg import UserError
-from aurora_tg.data import stdlib_modules
+from aurora_tg.sources import stdlib_modules
 from aurora_tg.model import IGNORE_INDEX
 from aurora_tg.tokenizer import Tokenizer
 

@@ -1,6 +1,7 @@
 """Tokenizers: GPT-2's BPE (tiktoken r50k_base) or a BPE trained on the user's corpus; both encode with tiktoken."""
 import base64, hashlib, json
 from pathlib import Path
+import numpy as np
 import tiktoken
 from aurora_tg import UserError
 from aurora_tg.files import write_atomically
@@ -27,6 +28,11 @@ class Tokenizer:
   def decode(self, ids: list[int]) -> str: return self.enc.decode(ids, errors="replace")
 
   def decode_bytes(self, ids: list[int]) -> bytes: return self.enc.decode_bytes(ids)
+
+  def token_bytes(self) -> np.ndarray:
+    """Each id's length in UTF-8 bytes, 0 for the special tokens (they stand for no text): bits per byte's divisor."""
+    special = {self.special(t) for t in self.enc.special_tokens_set}
+    return np.array([0 if i in special else len(self.enc.decode_single_token_bytes(i)) for i in range(self.n_vocab)], np.int64)
 
   def render_chat(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[list[int], list[bool]]:
     """The chat template, shared by chat and fine-tuning: each turn is <|role|> content <|end|>.

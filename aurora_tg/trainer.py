@@ -9,7 +9,7 @@ from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint, optim
 from aurora_tg.checkpoint import RunRecord
 from aurora_tg.config import TrainSettings
-from aurora_tg.model import GPT
+from aurora_tg.model import GPT, IGNORE_INDEX
 
 
 class NonFinite(Exception): pass
@@ -55,10 +55,12 @@ def build_optimizer(model: GPT, s: TrainSettings) -> nn.optim.OptimizerGroup:
 
 class Trainer:
   """Trains what the optimizer holds (everything else in the model stays frozen) on data.batch() batches.
-  loss(x, y) defaults to the model's cross-entropy; saved_state() is what a checkpoint stores of the model."""
+  loss(x, y) defaults to the model's cross-entropy; saved_state() is what a checkpoint stores of the model.
+  token_bytes (each token id's length in UTF-8 bytes, see Tokenizer.token_bytes) adds bits per byte to evaluation."""
   def __init__(self, model: GPT, data, settings: TrainSettings, optimizer: nn.optim.OptimizerGroup,
-               loss: Callable[[Tensor, Tensor], Tensor] | None = None, saved_state: Callable[[], dict] | None = None):
-    self.model, self.data, self.s, self.optimizer = model, data, settings, optimizer
+               loss: Callable[[Tensor, Tensor], Tensor] | None = None, saved_state: Callable[[], dict] | None = None,
+               token_bytes: np.ndarray | None = None):
+    self.model, self.data, self.s, self.optimizer, self.token_bytes = model, data, settings, optimizer, token_bytes
     self.loss = loss or model.loss
     self.saved_state = saved_state or (lambda: get_state_dict(model))
     self.params, self.model_params = optimizer.params, nn.state.get_parameters(model)
@@ -70,6 +72,7 @@ class Trainer:
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
     self.step, self.rng, self.last_val_loss, self.best_val_loss, self.elapsed_before = 0, np.random.default_rng(settings.seed), None, None, 0.0
+    self.last_val_bpb: float | None = None
     self.watch = NeuronWatch(model, self.params)
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
 
@@ -116,8 +119,10 @@ class Trainer:
       finite = Tensor.stack(*[p.isfinite().all().contiguous() for p in self.params]).all()
       return Tensor.stack(norm, finite.float()).realize(*updates, *self.grad_sums, *self.watch.accumulate())
 
-  # evaluation is always the model's own cross-entropy (on assistant tokens, for chat data), whatever it trains on
-  def _eval(self, x: Tensor, y: Tensor) -> Tensor: return self.model.loss(x, y).realize()
+  # evaluation is always the model's own cross-entropy (on assistant tokens, for chat data), whatever it trains on;
+  # per token, so that bits per byte can weigh each by the bytes it stands for
+  def _eval(self, x: Tensor, y: Tensor) -> Tensor:
+    return self.model(x).float().sparse_categorical_crossentropy(y, ignore_index=IGNORE_INDEX, reduction="none").realize()
 
   # ----- steps -----
   def train_step(self) -> tuple[float, float]:
@@ -134,15 +139,24 @@ class Trainer:
     return loss, norm
 
   def evaluate(self) -> float:
-    """Mean validation loss over fixed batches (a fresh generator, so training's sampling is untouched)."""
-    rng = np.random.default_rng(self.s.seed + 1)
-    losses = [self._eval_step(*map(self._tensor, self.data.batch(rng, self.s.batch_size, "val"))).item() for _ in range(self.s.eval_batches)]
-    return sum(losses) / len(losses)
+    """Mean validation loss per token over fixed batches (a fresh generator, so training's sampling is untouched).
+    With token_bytes, also sets last_val_bpb: the loss summed over the tokens, in bits, divided by the UTF-8 bytes
+    they decode to (special tokens, which decode to no text, left out), which compares models across tokenizers."""
+    rng, loss, counted, bits_loss, n_bytes = np.random.default_rng(self.s.seed + 1), 0.0, 0, 0.0, 0
+    for _ in range(self.s.eval_batches):
+      x, y = self.data.batch(rng, self.s.batch_size, "val")
+      losses = self._eval_step(self._tensor(x), self._tensor(y)).numpy().astype(np.float64)
+      loss, counted = loss + losses[y != IGNORE_INDEX].sum(), counted + int((y != IGNORE_INDEX).sum())
+      if self.token_bytes is not None:
+        token_bytes = np.where(y == IGNORE_INDEX, 0, self.token_bytes[np.maximum(y, 0)])
+        bits_loss, n_bytes = bits_loss + losses[token_bytes > 0].sum() / math.log(2), n_bytes + int(token_bytes.sum())
+    self.last_val_bpb = bits_loss / n_bytes if n_bytes else None
+    return loss / counted
 
   # ----- checkpoints -----
   def save(self, run_dir: Path, record: RunRecord, elapsed_s: float = 0.0) -> Path:
     record = replace(record, step=self.step, rng=self.rng.bit_generator.state, elapsed_s=self.elapsed_before + elapsed_s,
-                     best_val_loss=self.best_val_loss)
+                     best_val_loss=self.best_val_loss, data_position=getattr(self.data, "state", lambda: None)())
     return checkpoint.save(run_dir, self.saved_state(), checkpoint.optimizer_state(self.optimizer, self.params), record,
                            keep=record.run.keep if record.run else 0)
 
@@ -150,6 +164,7 @@ class Trainer:
     checkpoint.copy_into(checkpoint.optimizer_state(self.optimizer, self.params), optim_state, "optimizer state")
     self.step, self.rng.bit_generator.state, self.elapsed_before = record.step, record.rng, record.elapsed_s
     self.best_val_loss = record.best_val_loss
+    if record.data_position: self.data.restore(record.data_position)
 
   # ----- the loop -----
   def run(self, run_dir: Path, record: RunRecord, metrics: Callable[[dict], None], log=lambda line: print(line, flush=True)) -> str:
@@ -191,8 +206,10 @@ class Trainer:
   def _log_eval(self, metrics, log, elapsed_s: float, train_loss: float | None):
     val = self.evaluate()
     self.last_val_loss = val
-    log(f"step {self.step:5d}: val loss {val:.4f}")
-    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s})
+    bpb = f" | {self.last_val_bpb:.4f} bits per byte" if self.last_val_bpb is not None else ""
+    log(f"step {self.step:5d}: val loss {val:.4f}{bpb}")
+    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s}
+            | ({"val_bpb": self.last_val_bpb} if self.last_val_bpb is not None else {}))
 
 
 def _duration(seconds: float) -> str:

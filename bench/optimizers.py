@@ -49,14 +49,16 @@ def main():
   args = p.parse_args()
 
   from aurora_tg import devices
-  from aurora_tg.data import default_corpus, tokenize_cached, TokenData
+  from aurora_tg.data import TokenData, load_shards
   from aurora_tg.model import GPTConfig
+  from aurora_tg.prepare import prepared
+  from aurora_tg.sources import default_corpus
   from aurora_tg.tokenizer import train_bpe
   device = devices.select_device(args.device)
-  texts = default_corpus()
-  tokenizer = train_bpe(texts, 1024)
+  tokenizer = train_bpe(default_corpus(), 1024)
   cfg = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=tokenizer.n_vocab, mlp="swiglu", mlp_ratio=args.mlp_ratio)
-  data = TokenData(tokenize_cached(texts, tokenizer), cfg.block_size)
+  train, val = load_shards(prepared(None, tokenizer))
+  data = TokenData(train, cfg.block_size, val=val)
   print(f"{device} | 4 layers, width 128, SwiGLU hidden {cfg.mlp_hidden} | {args.steps} steps of {args.batch_size}x{cfg.block_size} tokens")
 
   results = [train_one(name, cfg, data, args) for name in args.optimizers.split(",")]

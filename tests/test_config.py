@@ -9,7 +9,8 @@ from test_train_cli import assert_one_line_error, finished_run, train  # noqa: F
 
 FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "optimizer": "muon",
                "init": "runs/x", "freeze": "1", "lora_rank": "4", "lora_alpha": "8", "lora_dropout": "0.1",
-               "lora_targets": "c_fc", "teacher": "runs/t", "distill_alpha": "0.3", "distill_temperature": "3"}
+               "lora_targets": "c_fc", "teacher": "runs/t", "distill_alpha": "0.3", "distill_temperature": "3",
+               "bpe_sample_mb": "5", "text_field": "body", "max_tokens": "1000", "data_order": "sequential"}
 FOREIGN = [(stage, flag) for stage in STAGES for flag in sorted({f for fs in STAGE_FLAGS.values() for f in fs} - set(STAGE_FLAGS[stage]))]
 
 

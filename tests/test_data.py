@@ -1,62 +1,15 @@
-import json
 import numpy as np
 import pytest
 from aurora_tg import UserError
-from aurora_tg.data import read_texts, tokenize_cached, TokenData, default_corpus
-from aurora_tg.tokenizer import train_bpe
-from conftest import sample_text
-
-
-def test_default_corpus_is_python_documentation():
-  docs = default_corpus()
-  text = "".join(docs)
-  assert len(text) > 1_000_000
-  assert "with" in text and "json" in text.lower()
-  assert docs == default_corpus()  # deterministic, so its token cache is reused
-
-
-def test_sources_file_folder_jsonl(tmp_path):
-  (tmp_path / "a.txt").write_text("first file")
-  (tmp_path / "sub").mkdir()
-  (tmp_path / "sub" / "b.md").write_text("# second")
-  (tmp_path / "ignored.bin").write_bytes(b"\0\1")
-  assert read_texts(str(tmp_path)) == ["first file", "# second"]
-  assert read_texts(str(tmp_path / "a.txt")) == ["first file"]
-  (tmp_path / "d.jsonl").write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two", "id": 3}) + "\n")
-  assert read_texts(str(tmp_path / "d.jsonl")) == ["one", "two"]
-
-
-@pytest.mark.parametrize("make, message", [
-  (lambda p: p / "missing.txt", "does not exist"),
-  (lambda p: (p / "empty.txt").write_text("  \n") and p / "empty.txt", "holds no text"),
-  (lambda p: (p / "x.bin").write_bytes(b"ab\0\0cd") and p / "x.bin", "binary"),
-  (lambda p: (p / "latin.txt").write_bytes("café".encode("latin-1")) and p / "latin.txt", "not UTF-8"),
-  (lambda p: (p / "d.jsonl").write_text('{"text": "ok"}\n{"body": 1}\n') and p / "d.jsonl", r"d.jsonl:2"),
-  (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "no .txt or .md"),
-])
-def test_bad_sources_raise_one_clear_error(tmp_path, make, message):
-  with pytest.raises(UserError, match=message):
-    read_texts(str(make(tmp_path)))
-
-
-def test_tokens_are_cached_by_content(tmp_path, monkeypatch):
-  monkeypatch.setenv("AURORA_CACHE", str(tmp_path))
-  tok = train_bpe([sample_text(2000)], 300)
-  texts = [sample_text(500, seed=1), sample_text(500, seed=2)]
-  tokens = tokenize_cached(texts, tok)
-  expected = tok.encode(texts[0]) + [tok.eot] + tok.encode(texts[1]) + [tok.eot]
-  assert tokens.tolist() == expected and tokens.dtype == np.uint16
-  assert len(list(tmp_path.iterdir())) == 1
-  tokenize_cached(texts, tok)
-  assert len(list(tmp_path.iterdir())) == 1  # same content: the file is reused
-  tokenize_cached(texts[:1], tok)
-  assert len(list(tmp_path.iterdir())) == 2
+from aurora_tg.checkpoint import RunRecord
+from aurora_tg.data import TokenData
+from aurora_tg.model import GPTConfig
 
 
 def test_batches_are_seeded_shifted_windows_from_their_split():
   tokens = np.arange(1000, dtype=np.uint16)
   data = TokenData(tokens, block_size=8)
-  assert len(data.val) == 50 and data.train[-1] + 1 == data.val[0]
+  assert data.val_tokens == 50 and data.train[0][-1] + 1 == data.val[0][0]
   x, y = data.batch(np.random.default_rng(3), 4)
   x2, _ = data.batch(np.random.default_rng(3), 4)
   assert np.array_equal(x, x2) and x.shape == (4, 8) and x.dtype == np.int32
@@ -66,6 +19,51 @@ def test_batches_are_seeded_shifted_windows_from_their_split():
   assert xv.min() >= 950
 
 
+def test_random_windows_cover_every_shard_in_proportion_and_never_cross_one():
+  shards = [np.arange(0, 100), np.arange(1000, 1400), np.arange(5000, 5009)]  # the last has no room for a window
+  data = TokenData(shards, block_size=10, val=[np.arange(10_000, 10_020)])
+  x, y = data.batch(np.random.default_rng(0), 20_000)
+  starts = x[:, 0]
+  assert np.all(np.diff(x, axis=1) == 1) and np.all(y[:, -1] == x[:, -1] + 1)  # consecutive: inside one shard
+  in_first, in_second = (starts < 1000).mean(), ((starts >= 1000) & (starts < 5000)).mean()
+  assert in_first + in_second == 1
+  assert abs(in_first - 90 / 480) < 0.015  # windows per shard: 90 and 390
+  assert set(starts[starts < 1000]) == set(range(90)) and starts[starts >= 1000].max() == 1389
+
+
+def test_a_sequential_pass_reads_every_token_once_an_epoch_in_a_seeded_shard_order():
+  shards = [np.arange(s * 1000, s * 1000 + 200) for s in range(4)]
+  data = TokenData(shards, block_size=4, val=[np.arange(50_000, 50_010)], order="sequential", seed=7)
+  batches = [data.batch(None, 3) for _ in range(4 * 16)]  # 16 batches of 3 x 4 tokens fit in a 200-token shard
+  inputs = np.concatenate([x.reshape(-1) for x, _ in batches])
+  order = data.shard_order(0)
+  expected = np.concatenate([shards[i][:16 * 12] for i in order])
+  assert np.array_equal(inputs, expected)
+  for x, y in batches: assert np.array_equal(y.reshape(-1)[:-1], x.reshape(-1)[1:])
+  assert data.state()["epoch"] == 0
+  next_x, _ = data.batch(None, 3)  # the second epoch starts with its own order
+  assert data.state()["epoch"] == 1 and next_x[0, 0] == shards[data.shard_order(1)[0]][0]
+
+
+def test_a_sequential_pass_resumed_from_a_record_goes_on_as_if_never_stopped(tmp_path):
+  shards = [np.arange(s * 1000, s * 1000 + 300) for s in range(3)]
+  make = lambda: TokenData(shards, block_size=8, val=[np.arange(9000, 9020)], order="sequential", seed=3)
+  straight = make()
+  expected = [straight.batch(None, 2)[0] for _ in range(40)]
+  first = make()
+  done = [first.batch(None, 2)[0] for _ in range(17)]
+  record = RunRecord("pretrain", GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8, vocab_size=10_000), "fp",
+                     data_position=first.state())
+  resumed = make()
+  resumed.restore(RunRecord.from_json(record.to_json(tmp_path), tmp_path).data_position)
+  done += [resumed.batch(None, 2)[0] for _ in range(23)]
+  assert all(np.array_equal(a, b) for a, b in zip(done, expected))
+
+
 def test_too_little_data_for_the_context():
-  with pytest.raises(UserError, match="needs at least"):
+  with pytest.raises(UserError, match="too short for a context of 16"):
     TokenData(np.arange(20, dtype=np.uint16), block_size=16)
+  with pytest.raises(UserError, match="validation part"):
+    TokenData([np.arange(100)], block_size=16, val=[np.arange(10)])
+  with pytest.raises(UserError, match="sequential needs a shard of at least 65"):
+    TokenData([np.arange(50)], block_size=16, val=[np.arange(40)], order="sequential").batch(None, 4)
