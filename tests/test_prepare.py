@@ -150,3 +150,19 @@ def test_bad_sources_are_one_error_line_and_exit_2(tmp_path, make, message):
   result = run_main(main, [make(tmp_path), "--out", tmp_path / "out", "--workers", "1"])
   assert result.returncode == 2 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
   assert message in result.stderr
+
+
+def test_train_prepares_its_data_on_first_use_logs_bits_per_byte_and_records_its_sequential_position(tmp_path, monkeypatch):
+  import train
+  from aurora_tg.checkpoint import read_record
+  monkeypatch.setenv("AURORA_CACHE", str(tmp_path / "cache"))
+  data = write_jsonl(tmp_path / "d.jsonl", documents(400))
+  result = run_main(train.main, ["--stage", "pretrain", "--size", "tiny", "--steps", "4", "--eval-every", "2", "--batch-size", "4",
+                                 "--data", data, "--data-order", "sequential", "--workers", "1", "--out", tmp_path / "run"])
+  assert result.returncode == 0, result.stdout + result.stderr
+  assert "prepared 400 documents" in result.stdout and "sequential" in result.stdout
+  evaluations = [m for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "val_loss" in m]
+  assert [m["step"] for m in evaluations] == [0, 2, 4] and all(0 < m["val_bpb"] < m["val_loss"] * 2 for m in evaluations)
+  assert f"| {evaluations[-1]['val_bpb']:.4f} bits per byte" in result.stdout
+  record = read_record(tmp_path / "run" / "checkpoint.safetensors")
+  assert record.data_position == {"epoch": 0, "shard": 0, "offset": 4 * 4 * 64}  # 4 steps of 4 x 64 tokens, in order
