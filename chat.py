@@ -6,7 +6,8 @@ from aurora_tg import UserError
 
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description="Chat with an Aurora model.")
-  p.add_argument("--checkpoint", help="a run folder, a checkpoint file, or a Hugging Face GPT-2 folder (default: the newest under runs/)")
+  p.add_argument("--checkpoint", help="a run folder, a checkpoint file, a Hugging Face GPT-2 folder, or a hub model id such as gpt2 "
+                 "(default: the newest under runs/)")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
   p.add_argument("-p", "--prompt", nargs="?", const="-", help="answer one question and exit; without TEXT, read it from stdin")
   p.add_argument("--complete", metavar="TEXT", help="continue raw text instead of chatting (for base models)")
@@ -34,7 +35,7 @@ def run(args) -> int:
   from aurora_tg import chat, checkpoint, devices  # import tinygrad after parsing, so --help stays instant
   sampling = sampling_from(args)
   device = devices.select_device(args.device)
-  path = checkpoint.resolve(args.checkpoint) if args.checkpoint else checkpoint.newest()
+  path = checkpoint.resolve(checkpoint.locate(args.checkpoint)) if args.checkpoint else checkpoint.newest()
   model, tokenizer, record = checkpoint.load_model(path)
   if args.complete is not None: return chat.complete(model, tokenizer, args.complete, sampling)
   session = chat.ChatSession(model, tokenizer, sampling, args.system)

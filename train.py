@@ -8,8 +8,9 @@ def parse_args(argv=None):
   p = argparse.ArgumentParser(description="Train an Aurora GPT model. Without --stage (and --data): pretrain, then "
                                           "chat fine-tune on conversations built from Python's documentation.")
   p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora, distill")
-  p.add_argument("--init", help="the model fine-tuning starts from: an Aurora run folder or checkpoint, or a Hugging Face GPT-2 folder "
-                 "(config.json + model.safetensors or pytorch_model.bin); without --stage, chat fine-tunes it")
+  p.add_argument("--init", help="the model fine-tuning starts from: an Aurora run folder or checkpoint, a Hugging Face GPT-2 folder "
+                 "(config.json + model.safetensors or pytorch_model.bin), or a hub model id (gpt2, gpt2-medium, ...); "
+                 "without --stage, chat fine-tunes it")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
   p.add_argument("--dtype", help="compute dtype: float32, or bfloat16/float16 for mixed precision (float32 weights "
                  "and optimizer state); default float32, bfloat16 for the gpt2 presets where the backend has it")
@@ -18,8 +19,9 @@ def parse_args(argv=None):
   p.add_argument("--data", help="pretrain/distill: a text file, a folder, .jsonl(.gz/.zst) or .parquet with a text field, "
                                 "hf:REPO[:FILES] (a Hugging Face dataset), fineweb-edu, tinystories, or a folder "
                                 "python -m aurora_tg.prepare wrote (default: Python's bundled documentation); tokenized once "
-                                "into cached shards; sft/lora: a .jsonl of {\"messages\": [...]} (default: conversations "
-                                "built from that documentation)")
+                                "into cached shards; sft/lora: chat data, JSON lines or parquet in OpenAI messages, ShareGPT "
+                                "or Alpaca format, a local file, hf:REPO[:FILES] or smoltalk (default: conversations built "
+                                "from that documentation)")
   p.add_argument("--text-field", help="pretrain/distill: the JSON or parquet field holding the text (default text)")
   p.add_argument("--max-tokens", type=int, help="pretrain/distill: take only the first N tokens of --data")
   p.add_argument("--data-order", choices=("random", "sequential"), help="pretrain/distill: random windows (default), or a "
@@ -49,6 +51,8 @@ def parse_args(argv=None):
   p.add_argument("--distill-temperature", type=float, help="distill: softmax temperature of both models (default 2)")
   p.add_argument("--wandb", metavar="PROJECT", help="also log the metrics to this Weights & Biases project (pip install wandb)")
   p.add_argument("--keep", type=int, help="also keep the last N checkpoints as checkpoint-<step>.safetensors (default 0)")
+  p.add_argument("--eval-hellaswag-every", type=int, help="also measure HellaSwag accuracy (its first 1,000 validation items) at "
+                 "the evaluations whose step is a multiple of N; the data is downloaded once (python -m aurora_tg.eval)")
   p.add_argument("--keep-best", action="store_true", help="keep the checkpoint of the lowest validation loss as best.safetensors")
   p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
   p.add_argument("--seed", type=int, help="random seed of initialisation and batch sampling (default 1337)")

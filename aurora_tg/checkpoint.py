@@ -1,10 +1,10 @@
 """Checkpoints: one safetensors file holding model weights, optimizer state and the run's record (RunRecord)."""
-import json, os
+import json, os, re
 from dataclasses import dataclass
 from pathlib import Path
 from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import UserError, config, devices, hf, lora
+from aurora_tg import UserError, config, devices, hf, hub, lora
 from aurora_tg.config import StageConfig
 from aurora_tg.files import read_safetensors, safetensors_header, write_atomically, write_safetensors
 from aurora_tg.model import GPT, GPTConfig
@@ -13,6 +13,7 @@ from aurora_tg.tokenizer import Tokenizer, gpt2
 CHECKPOINT_NAME = "checkpoint.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 BEST_NAME = "best.safetensors"  # --keep-best: the checkpoint of the lowest validation loss
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # owner/name, or a name alone (gpt2)
 FORMAT_VERSION = 2  # 1: the untyped dict of Aurora 0.1 (no "version" key), read by _from_version_1
 
 
@@ -101,6 +102,15 @@ def one_copy(t: Tensor) -> Tensor:
   return t.to(t.device[0]) if isinstance(t.device, tuple) else t
 
 
+def locate(spec: str | Path) -> Path:
+  """What --init or --checkpoint names: a path on disk, or else a Hugging Face hub model id (gpt2, gpt2-xl,
+  openai-community/gpt2-medium), fetched into the hub's cache. A missing path under an existing folder (runs/x) is
+  not looked up on the hub."""
+  path = Path(spec)
+  if path.exists() or not HUB_ID.fullmatch(str(spec)) or (len(path.parts) > 1 and Path(path.parts[0]).is_dir()): return path
+  return hub.model_folder(str(spec))
+
+
 def resolve(path: str | Path) -> Path:
   """Accept a run folder, a checkpoint file, or a Hugging Face GPT-2 folder (returned as it is)."""
   p = Path(path)
@@ -161,13 +171,15 @@ def newest(root: str | Path = "runs") -> Path:
 
 
 def model_config(path: str | Path) -> GPTConfig:
-  """The shape of the model at path (an Aurora checkpoint or a Hugging Face folder), without loading its weights."""
+  """The shape of the model at path (an Aurora checkpoint, a Hugging Face folder or hub id), without loading its weights."""
+  path = locate(path)
   return hf.read_config(Path(path)) if hf.is_hf_folder(path) else read_record(path).model
 
 
 def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   """A model ready for inference, with the tokenizer saved beside its checkpoint, and the run record. A Hugging Face
   GPT-2 folder comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat tokens."""
+  path = locate(path)
   if hf.is_hf_folder(path):
     spec = Path(path) / hf.TOKENIZER_NAME
     tokenizer = Tokenizer.load(str(spec)) if spec.is_file() else gpt2()

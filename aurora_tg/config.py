@@ -68,7 +68,7 @@ TEXT_FLAGS = ("text_field", "max_tokens", "data_order")  # the stages that train
 # The flags every stage takes, and those of one stage (or a few); a flag of another stage is refused, naming its own.
 # --stage, --device and --resume say how to run, not what: they are not part of a config.
 COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "eval_every", "dtype", "devices", "seed", "wandb",
-                "keep", "keep_best")
+                "keep", "keep_best", "eval_hellaswag_every")
 STAGE_FLAGS = {
   "pretrain": ("size", "tokenizer", "norm", "pos", "mlp", "optimizer", "bpe_sample_mb", *TEXT_FLAGS),
   "sft":      ("init", "freeze"),
@@ -78,7 +78,7 @@ STAGE_FLAGS = {
 RUN_FLAGS = ("stage", "device", "resume", "workers")
 # A resumed run may go on longer, evaluate at another interval, move to other devices or log elsewhere; anything
 # else it takes from its record.
-RESUME_MAY_CHANGE = ("out", "steps", "eval_every", "devices", "wandb", "keep", "keep_best")
+RESUME_MAY_CHANGE = ("out", "steps", "eval_every", "devices", "wandb", "keep", "keep_best", "eval_hellaswag_every")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +90,7 @@ class StageConfig:
   wandb: str | None = None   # a Weights & Biases project that also gets the metrics
   keep: int = 0              # step-numbered checkpoints kept besides the newest
   keep_best: bool = False    # keep the checkpoint of the lowest validation loss as best.safetensors
+  eval_hellaswag_every: int = 0  # HellaSwag accuracy at the evaluations whose step is a multiple of this (0: never)
 
   def to_dict(self, run_dir: str | Path) -> dict:
     """For the run record. The run folder is where the record lies, not in it. The models it started from are
@@ -193,10 +194,13 @@ def check_flags(stage: str, flags: dict):
 
 
 def default_out(stage: str, flags: dict) -> str:
-  """runs/<size> for pretraining; a fine-tuned run sits beside the one it started from: runs/<init>-<stage>."""
+  """runs/<size> for pretraining; a fine-tuned run sits beside the one it started from: runs/<init>-<stage>
+  (runs/<name>-<stage> for a hub model)."""
   if stage == "pretrain": return f"runs/{flags.get('size') or 'small'}"
   start = flags.get("init") or f"runs/{flags.get('size') or 'tiny'}"
   path = Path(start)
+  if not path.exists() and not Path(path.parts[0]).is_dir() and path.parts[0] != "runs":  # a hub id: gpt2, owner/name
+    return f"runs/{path.name}-{stage}"
   return f"{path.parent if path.suffix == '.safetensors' else path}-{stage}"
 
 
@@ -264,7 +268,7 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
   data = flags.get("data")
   if data and Path(data).exists(): data = str(Path(data).resolve())  # a resumed run may start elsewhere
   row = flags.get("optimizer", "adamw") if stage == "pretrain" else stage
-  common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"), **_options(flags, "keep", "keep_best"),
+  common = dict(out=flags.get("out") or default_out(stage, flags), data=data, wandb=flags.get("wandb"), **_options(flags, "keep", "keep_best", "eval_hellaswag_every"),
                 train=train_settings(init_preset or size, row, flags, device))
   if stage == "pretrain":
     tokenizer = flags.get("tokenizer") or ("bpe" if "vocab_size" in PRESETS[size] else "gpt2")
@@ -283,6 +287,7 @@ def new_run(stage: str, flags: dict, device: str, init_preset: str | None = None
 def validate(cfg: StageConfig):
   """Stage options in range (what needs the model, such as --freeze's upper bound, is checked where it is loaded)."""
   if cfg.keep < 0: raise UserError(f"--keep must be 0 or more, got {cfg.keep}")
+  if cfg.eval_hellaswag_every < 0: raise UserError(f"--eval-hellaswag-every must be 0 or more, got {cfg.eval_hellaswag_every}")
   if isinstance(cfg, TextData):
     if cfg.data_order not in ("random", "sequential"): raise UserError(f"--data-order must be random or sequential, got {cfg.data_order!r}")
     if cfg.max_tokens is not None and cfg.max_tokens < 1: raise UserError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
@@ -333,7 +338,8 @@ def resumed(saved: StageConfig, flags: dict, device: str) -> StageConfig:
   check_counts(train)
   spec = flags["devices"] if "devices" in flags else ",".join(saved.train.devices) or None
   cfg = replace(saved, train=replace(train, devices=devices.parse_devices(spec)), wandb=flags.get("wandb", saved.wandb),
-                keep=flags.get("keep", saved.keep), keep_best=flags.get("keep_best", saved.keep_best))
+                keep=flags.get("keep", saved.keep), keep_best=flags.get("keep_best", saved.keep_best),
+                eval_hellaswag_every=flags.get("eval_hellaswag_every", saved.eval_hellaswag_every))
   validate(cfg)
   check_machine(cfg.train, device, resuming=True)
   return cfg

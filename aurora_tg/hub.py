@@ -46,3 +46,21 @@ def dataset_file(repo: str, name: str, revision: str) -> Path:
     raise UserError(f"{name} of hf:{repo} is not in the Hugging Face cache; on a connected machine run: "
                     f"hf download {repo} {name} --repo-type dataset") from None
   except (hh.errors.HfHubHTTPError, OSError) as e: raise UserError(f"cannot download {name} of hf:{repo}: {e}") from None
+
+
+def model_folder(repo: str) -> Path:
+  """A GPT-2-layout model by hub id (gpt2, gpt2-medium, openai-community/gpt2-xl, ...): its config.json and weights
+  (model.safetensors, else pytorch_model.bin) in the hub cache, downloaded unless they are there."""
+  hh = _hub()
+  fetch = f"hf download {repo} config.json model.safetensors"
+  try:
+    folder = Path(hh.snapshot_download(repo, allow_patterns=["config.json", "model.safetensors"]))
+    if not (folder / "model.safetensors").exists():  # older repositories hold PyTorch's format only
+      folder = Path(hh.snapshot_download(repo, allow_patterns=["config.json", "pytorch_model.bin"]))
+  except (hh.errors.LocalEntryNotFoundError, hh.errors.OfflineModeIsEnabled):
+    raise UserError(f"no checkpoint at {repo}, and no model {repo} in the Hugging Face cache; on a connected machine run: {fetch}") from None
+  except (hh.errors.RepositoryNotFoundError, hh.errors.HFValidationError):
+    raise UserError(f"no checkpoint at {repo}, and no model {repo} on the Hugging Face hub") from None
+  except (hh.errors.HfHubHTTPError, OSError) as e: raise UserError(f"cannot download {repo} from the Hugging Face hub: {e}") from None
+  if not (folder / "config.json").exists(): raise UserError(f"hub model {repo} has no config.json: not a GPT-2-layout model")
+  return folder

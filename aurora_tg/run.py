@@ -1,9 +1,10 @@
 """What `python train.py` does: plan the stages from the flags, then for each build tokenizer, data, model and
 optimizer, train, and report."""
-import time
+import sys, time
 from pathlib import Path
 from tinygrad import Tensor
 from aurora_tg import UserError, checkpoint, config, devices, finetune, lora, plot
+from aurora_tg import eval as evaluation
 from aurora_tg.checkpoint import RunRecord
 from aurora_tg.config import PretrainConfig, StageConfig
 from aurora_tg.files import RunLock, remove_stale_temporaries
@@ -98,12 +99,15 @@ def train_stage(cfg: StageConfig, resume: bool, device: str, workers: int = 0) -
     trainer.restore(optim_state, saved)
   run_dir.mkdir(parents=True, exist_ok=True)
   tokenizer.save(str(run_dir / checkpoint.TOKENIZER_NAME))
+  if cfg.eval_hellaswag_every: trainer.extra_eval = hellaswag_during_training(trainer.model, tokenizer, cfg.eval_hellaswag_every)
   print_header(cfg, trainer, data, device, saved is not None)
   log = RunLog(run_dir, trainer.step, wandb_project=cfg.wandb, wandb_id=record.wandb_id, wandb_config=cfg.to_dict(run_dir))
   start = time.perf_counter()
   try: outcome = trainer.run(run_dir, record, log)
-  except NonFinite as e:
-    print(f"error: {e}; stopped, the last good checkpoint is kept in {run_dir}")
+  except NonFinite as e:  # an error like any other: one line on stderr, naming what was kept
+    kept = f"the last good checkpoint (step {checkpoint.read_record(ckpt_path).step}) is kept in {run_dir}" if ckpt_path.exists() \
+           else "no checkpoint had been written yet"
+    print(f"error: {e}; stopped, {kept}", file=sys.stderr)
     outcome = "failed"
   finally: log.close()
   plot.save_run_plot(run_dir)
@@ -121,6 +125,20 @@ def train_stage(cfg: StageConfig, resume: bool, device: str, workers: int = 0) -
     print(f"talk to it: python chat.py --checkpoint {run_dir}")
   else: print_sample(trainer.model, tokenizer, cfg.train.seed)
   return 0
+
+
+HELLASWAG_DURING_TRAINING = 1000  # items: the first thousand, a fixed subset, so the figure is comparable across steps
+
+
+def hellaswag_during_training(model: GPT, tokenizer: Tokenizer, every: int):
+  """extra_eval for the trainer: HellaSwag accuracy on a fixed subset, at the evaluations whose step is a multiple
+  of every (and the first)."""
+  items = evaluation.read_hellaswag(evaluation.hellaswag_path(None), HELLASWAG_DURING_TRAINING)
+  def run(step: int) -> dict[str, float]:
+    if step % every: return {}
+    result = evaluation.hellaswag(model, tokenizer, items, log=lambda line: None)
+    return {"hellaswag_acc": result["acc"], "hellaswag_acc_norm": result["acc_norm"]}
+  return run
 
 
 def print_header(cfg: StageConfig, trainer: Trainer, data, device: str, resumed: bool):

@@ -1,10 +1,9 @@
 """Chat fine-tuning data: conversations from JSONL or built from Python's documentation, rendered with the chat
 template, batched with loss only on what the assistant says."""
 import hashlib, json, re
-from pathlib import Path
 import numpy as np
 from aurora_tg import UserError
-from aurora_tg.sources import stdlib_modules
+from aurora_tg.sources import records, stdlib_modules
 from aurora_tg.model import IGNORE_INDEX
 from aurora_tg.tokenizer import Tokenizer
 
@@ -58,18 +57,44 @@ def default_conversations() -> list[list[dict]]:
   return conversations
 
 
-def read_conversations(path: str | Path, warn=print) -> list[list[dict]]:
-  """Conversations from a JSONL file of {"messages": [{"role", "content"}, ...]}. A bad record is reported with its
-  line number and skipped; a file with no good record at all is an error."""
-  try: lines = Path(path).read_text(encoding="utf-8").splitlines()
-  except (OSError, UnicodeDecodeError) as e: raise UserError(f"cannot read chat data {path}: {e}") from None
-  conversations = []
-  for lineno, line in enumerate(lines, 1):
-    if not line.strip(): continue
-    try: conversations.append(validate(json.loads(line)))
-    except (ValueError, TypeError, KeyError) as e: warn(f"{path}:{lineno}: skipped, {e}")
-  if not conversations: raise UserError(f"{path} holds no usable conversation")
+def read_conversations(spec: str, warn=print) -> list[list[dict]]:
+  """Conversations from JSON lines or parquet (a file, a folder, hf:REPO[:FILES], smoltalk) in any of the three
+  formats people have (see FORMATS), detected from the first record of each file. A bad record is reported with its
+  line number and skipped; data with no good record at all is an error."""
+  conversations, formats = [], {}
+  for where, record in records(spec):
+    file = where.rsplit(":", 1)[0]
+    try:
+      if record is None: raise ValueError("not a JSON object")
+      name = formats.setdefault(file, detect_format(record))
+      conversations.append(validate(FORMATS[name](record)))
+    except (ValueError, TypeError, KeyError, AttributeError) as e: warn(f"{where}: skipped, {e}")
+  if not conversations: raise UserError(f"{spec} holds no usable conversation")
   return conversations
+
+
+ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "model": "assistant"}
+
+
+def from_sharegpt(record: dict) -> dict:
+  """{"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}"""
+  return {"messages": [{"role": ROLES[turn["from"]], "content": turn["value"]} for turn in record["conversations"]]}
+
+
+def from_alpaca(record: dict) -> dict:
+  """{"instruction": str, "input": str (may be empty), "output": str}: one question, one answer."""
+  question = record["instruction"] + (f"\n\n{record['input']}" if record.get("input") else "")
+  return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": record["output"]}]}
+
+
+FORMATS = {"messages": lambda record: record, "sharegpt": from_sharegpt, "alpaca": from_alpaca}
+
+
+def detect_format(record: dict) -> str:
+  for name, key in (("messages", "messages"), ("sharegpt", "conversations"), ("alpaca", "instruction")):
+    if key in record: return name
+  raise ValueError('expected OpenAI messages ({"messages": [...]}), ShareGPT ({"conversations": [...]}) or Alpaca '
+                   '({"instruction", "input", "output"})')
 
 
 def validate(record) -> list[dict]:

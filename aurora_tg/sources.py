@@ -17,6 +17,7 @@ FILE_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + (".parquet",)
 RECIPES = {
   "fineweb-edu": "hf:HuggingFaceFW/fineweb-edu:sample/10BT/*.parquet",  # the 10B-token sample
   "tinystories": "hf:roneneldan/TinyStories:data/train-*.parquet",
+  "smoltalk": "hf:HuggingFaceTB/smol-smoltalk:data/train-*.parquet",  # chat data (--stage sft or lora)
 }
 # stdlib modules that open windows, print on import or install things: never imported for their docstrings
 _NOISY_MODULES = {"antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "pydoc_data", "ensurepip", "venv", "lib2to3"}
@@ -151,11 +152,38 @@ def _jsonl(path: Path, text_field: str) -> Iterator[Piece]:
     raise UserError(f"{path}: cannot read it after line {lineno} ({e})") from None
 
 
-def _parquet(path: Path, text_field: str) -> Iterator[Piece]:
+def records(spec: str) -> Iterator[tuple[str, dict | None]]:
+  """(where, record) for each record of JSON lines or parquet files (a path, a folder, hf:REPO[:FILES] or a recipe):
+  the rows chat data is made of. A line that is not a JSON object gives record None, for the caller to report."""
+  source = open_source(str(spec))
+  for name, _ in source.files:
+    path = source.locate(name)
+    if path.name.lower().endswith(".parquet"):
+      table = _parquet_file(path)
+      row = 0
+      for batch in table.iter_batches(batch_size=256):
+        for record in batch.to_pylist():
+          row += 1
+          yield f"{path}:row {row}", record
+    elif path.name.lower().endswith(JSONL_SUFFIXES):
+      with _open_lines(path) as f:
+        for lineno, raw in enumerate(f, 1):
+          if not raw.strip(): continue
+          try: record = json.loads(raw.decode("utf-8"))
+          except (UnicodeDecodeError, json.JSONDecodeError): record = None
+          yield f"{path}:{lineno}", record if isinstance(record, dict) else None
+    else: raise UserError(f"{path}: chat data must be JSON lines (.jsonl, .jsonl.gz, .jsonl.zst) or parquet")
+
+
+def _parquet_file(path: Path):
   try: import pyarrow.parquet as pq
   except ImportError: raise UserError(f"reading {path} needs pyarrow: pip install 'aurora-tg[data]'") from None
-  try: table = pq.ParquetFile(path)
+  try: return pq.ParquetFile(path)
   except Exception as e: raise UserError(f"{path} is not a readable parquet file ({e})") from None
+
+
+def _parquet(path: Path, text_field: str) -> Iterator[Piece]:
+  table = _parquet_file(path)
   if text_field not in table.schema_arrow.names:
     raise UserError(f"{path} has no column {text_field!r} (its columns: {', '.join(table.schema_arrow.names)}); pick one with --text-field")
   for batch in table.iter_batches(batch_size=1024, columns=[text_field]):

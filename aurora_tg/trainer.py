@@ -56,11 +56,13 @@ def build_optimizer(model: GPT, s: TrainSettings) -> nn.optim.OptimizerGroup:
 class Trainer:
   """Trains what the optimizer holds (everything else in the model stays frozen) on data.batch() batches.
   loss(x, y) defaults to the model's cross-entropy; saved_state() is what a checkpoint stores of the model.
-  token_bytes (each token id's length in UTF-8 bytes, see Tokenizer.token_bytes) adds bits per byte to evaluation."""
+  token_bytes (each token id's length in UTF-8 bytes, see Tokenizer.token_bytes) adds bits per byte to evaluation;
+  extra_eval(step), when set, adds its figures (a benchmark's, say) to each evaluation's log line and metrics."""
   def __init__(self, model: GPT, data, settings: TrainSettings, optimizer: nn.optim.OptimizerGroup,
                loss: Callable[[Tensor, Tensor], Tensor] | None = None, saved_state: Callable[[], dict] | None = None,
                token_bytes: np.ndarray | None = None):
     self.model, self.data, self.s, self.optimizer, self.token_bytes = model, data, settings, optimizer, token_bytes
+    self.extra_eval: Callable[[int], dict[str, float]] = lambda step: {}
     self.loss = loss or model.loss
     self.saved_state = saved_state or (lambda: get_state_dict(model))
     self.params, self.model_params = optimizer.params, nn.state.get_parameters(model)
@@ -206,10 +208,9 @@ class Trainer:
   def _log_eval(self, metrics, log, elapsed_s: float, train_loss: float | None):
     val = self.evaluate()
     self.last_val_loss = val
-    bpb = f" | {self.last_val_bpb:.4f} bits per byte" if self.last_val_bpb is not None else ""
-    log(f"step {self.step:5d}: val loss {val:.4f}{bpb}")
-    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s}
-            | ({"val_bpb": self.last_val_bpb} if self.last_val_bpb is not None else {}))
+    extra = ({"val_bpb": self.last_val_bpb} if self.last_val_bpb is not None else {}) | self.extra_eval(self.step)
+    log(f"step {self.step:5d}: val loss {val:.4f}" + "".join(f" | {name} {value:.4f}" for name, value in extra.items()))
+    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s} | extra)
 
 
 def _duration(seconds: float) -> str:

@@ -6,7 +6,8 @@ list, every token into a Python list), measured in the same run.
 
 Each way runs in a fresh process; the peak is the largest sum of resident memory over that process and its workers,
 sampled every 50 ms from /proc (Linux). The corpora are JSON lines of English-like documents with GPT-2's tokenizer;
-the baseline is left out of the larger sizes by default, where it needs about 14x the corpus in memory."""
+the baseline is left out of the larger sizes by default, where it needs about 14x the corpus in memory. Last, a short
+training run on each corpus's shards shows that training's memory does not grow with the corpus."""
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
@@ -80,10 +81,11 @@ def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--sizes-mb", default="200,1000")
   p.add_argument("--baseline-sizes-mb", default="200")
+  p.add_argument("--train-steps", type=int, default=30, help="steps of the training whose memory is measured on each corpus")
   p.add_argument("--tmp", default=None, help="where the corpora and shards go (default: the system's temporary folder)")
   args = p.parse_args()
   cores = os.cpu_count() or 1
-  rows = []
+  rows, training = [], []
   with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
     for mb in map(int, args.sizes_mb.split(",")):
       corpus = Path(tmp) / f"corpus-{mb}.jsonl"
@@ -99,7 +101,13 @@ def main():
         tokens = sum(json.loads((out / "manifest.json").read_text())["tokens"].values()) if out else int(text.split()[-1])
         rows.append(dict(mb=mb, way=name, seconds=seconds, peak_mb=peak, tokens=tokens))
         print(f"{mb:>5} MB | {name:<20} | {tokens:>12,} tokens | {seconds:7.1f} s | {tokens / seconds:>10,.0f} tokens/s | peak {peak:7.0f} MB", flush=True)
-        if out: shutil.rmtree(out)
+      # training reads the shards memory-mapped: its memory should not depend on the corpus's size
+      train = [sys.executable, str(ROOT / "train.py"), "--stage", "pretrain", "--size", "tiny", "--steps", str(args.train_steps),
+               "--eval-every", str(args.train_steps), "--data", str(out), "--out", str(Path(tmp) / f"run-{mb}")]
+      seconds, peak, _ = measure(train)
+      training.append(dict(mb=mb, seconds=seconds, peak_mb=peak))
+      print(f"{mb:>5} MB | training {args.train_steps} steps of the tiny preset on its shards | peak {peak:7.0f} MB", flush=True)
+      for folder in Path(tmp).glob("shards-*"): shutil.rmtree(folder)
       corpus.unlink()
   lines = [f"Preparation on {cores} cores (bench/data.py), GPT-2 tokenizer, JSON lines corpora:", "",
            "| corpus | way | tokens | seconds | tokens/s | peak resident memory | vs one worker |", "|---|---|---|---|---|---|---|"]
@@ -107,6 +115,8 @@ def main():
     one = next(o for o in rows if o["mb"] == r["mb"] and o["way"] == "prepare, 1 worker")
     lines.append(f"| {r['mb']} MB | {r['way']} | {r['tokens']:,} | {r['seconds']:.1f} | {r['tokens'] / r['seconds']:,.0f} | "
                  f"{r['peak_mb']:,.0f} MB | {(r['tokens'] / r['seconds']) / (one['tokens'] / one['seconds']):.2f}x speed |")
+  lines += ["", "| corpus | training's peak resident memory (tiny preset, GPT-2 tokenizer) |", "|---|---|"]
+  lines += [f"| {t['mb']} MB | {t['peak_mb']:,.0f} MB |" for t in training]
   print("\n".join(lines))
   (ROOT / "bench" / "results").mkdir(exist_ok=True)
   (ROOT / "bench" / "results" / "data.md").write_text("\n".join(lines) + "\n")

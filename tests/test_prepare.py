@@ -98,9 +98,10 @@ def test_a_killed_preparation_resumes_to_the_shards_of_an_uninterrupted_one(tmp_
   assert not list(killed.glob("*partial*")) and not list(killed.glob("*.tmp-*"))
 
 
-def hub_cache(home: Path, repo: str, files: dict[str, bytes]) -> str:
-  """A dataset in huggingface_hub's cache layout: refs/main names a commit whose snapshot links each file to its blob."""
-  folder = home / "hub" / f"datasets--{repo.replace('/', '--')}"
+def hub_cache(home: Path, repo: str, files: dict[str, bytes], kind: str = "datasets") -> str:
+  """A dataset (or model) in huggingface_hub's cache layout: refs/main names a commit whose snapshot links each file
+  to its blob."""
+  folder = home / "hub" / f"{kind}--{repo.replace('/', '--')}"
   commit = hashlib.sha1(repo.encode()).hexdigest()
   (folder / "refs").mkdir(parents=True)
   (folder / "refs" / "main").write_text(commit)
@@ -152,17 +153,23 @@ def test_bad_sources_are_one_error_line_and_exit_2(tmp_path, make, message):
   assert message in result.stderr
 
 
-def test_train_prepares_its_data_on_first_use_logs_bits_per_byte_and_records_its_sequential_position(tmp_path, monkeypatch):
+def test_train_prepares_its_data_on_first_use_logs_bits_per_byte_and_hellaswag_and_records_its_sequential_position(tmp_path, monkeypatch):
   import train
   from aurora_tg.checkpoint import read_record
   monkeypatch.setenv("AURORA_CACHE", str(tmp_path / "cache"))
   data = write_jsonl(tmp_path / "d.jsonl", documents(400))
+  hellaswag = tmp_path / "cache" / "hellaswag" / "hellaswag_val.jsonl"  # where the first use downloads it
+  hellaswag.parent.mkdir(parents=True)
+  hellaswag.write_text("".join(json.dumps({"ctx": d[:40], "endings": [d[40:60], "a cat", "the mat", "dogs ran"], "label": 0}) + "\n" for d in documents(6)))
   result = run_main(train.main, ["--stage", "pretrain", "--size", "tiny", "--steps", "4", "--eval-every", "2", "--batch-size", "4",
-                                 "--data", data, "--data-order", "sequential", "--workers", "1", "--out", tmp_path / "run"])
+                                 "--data", data, "--data-order", "sequential", "--workers", "1", "--out", tmp_path / "run",
+                                 "--eval-hellaswag-every", "4"])
   assert result.returncode == 0, result.stdout + result.stderr
   assert "prepared 400 documents" in result.stdout and "sequential" in result.stdout
   evaluations = [m for m in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "val_loss" in m]
   assert [m["step"] for m in evaluations] == [0, 2, 4] and all(0 < m["val_bpb"] < m["val_loss"] * 2 for m in evaluations)
-  assert f"| {evaluations[-1]['val_bpb']:.4f} bits per byte" in result.stdout
+  assert f"| val_bpb {evaluations[-1]['val_bpb']:.4f}" in result.stdout
+  assert [m["step"] for m in evaluations if "hellaswag_acc_norm" in m] == [0, 4]  # steps that are multiples of 4
+  assert all(m["hellaswag_acc"] in (0, 1 / 6, 2 / 6, 3 / 6, 4 / 6, 5 / 6, 1) for m in evaluations if "hellaswag_acc" in m)
   record = read_record(tmp_path / "run" / "checkpoint.safetensors")
   assert record.data_position == {"epoch": 0, "shard": 0, "offset": 4 * 4 * 64}  # 4 steps of 4 x 64 tokens, in order
