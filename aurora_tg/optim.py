@@ -36,17 +36,25 @@ def riemannian_balanced_polar(g: Tensor, outer: int = 3, cg_steps: int = 20, ste
   m, n = g.shape
   r, u = n / m, polar(g)
   for _ in range(outer):
-    utg = u.T @ g
-    sym = 0.5 * (utg + utg.T)
-    q = (g * u).sum(1) - ((u @ sym) * u).sum(1)
-    lam = row_norm_multipliers(u, r, q - q.mean(), cg_steps)
-    lam = lam - lam.mean()
-    z = g - u @ (sym - u.T @ (lam.unsqueeze(1) * u)) - lam.unsqueeze(1) * u  # the tangent-space projection of g
+    z = tangent_projection(u, g, cg_steps)
     y = u + step * z
     for _ in range(retraction):
       y = polar(y * (math.sqrt(r) / y.square().sum(1, keepdim=True).sqrt().maximum(1e-7)))
     u = z.isfinite().all().where(y, u)
   return u
+
+
+def tangent_projection(u: Tensor, g: Tensor, cg_steps: int = 20) -> Tensor:
+  """g - U S - diag(lam) U: g projected onto the tangent space at u of the manifold {U^T U = I, squared row norms n/m}
+  (exactly so where u lies on it). S (symmetric) removes the Stiefel normal part; lam, the row norms' multipliers,
+  comes from conjugate gradients."""
+  m, n = u.shape
+  utg = u.T @ g
+  sym = 0.5 * (utg + utg.T)
+  q = (g * u).sum(1) - ((u @ sym) * u).sum(1)
+  lam = row_norm_multipliers(u, n / m, q - q.mean(), cg_steps)
+  lam = lam - lam.mean()
+  return g - u @ (sym - u.T @ (lam.unsqueeze(1) * u)) - lam.unsqueeze(1) * u
 
 
 def row_norm_multipliers(u: Tensor, r: float, b: Tensor, steps: int) -> Tensor:

@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -23,14 +24,40 @@ def test_kv_cache_decoding_matches_full_forward_at_every_position(pos):
     np.testing.assert_allclose(gen.decode(ids[t], t), full[t], atol=1e-4, err_msg=f"position {t}")
 
 
-def test_greedy_is_deterministic_and_seeded_sampling_reproducible():
+def test_greedy_is_deterministic_and_the_seed_picks_the_samples():
+  """The same seed gives the same tokens, different seeds (or none) different ones; a temperature near 0 is greedy
+  whatever the seed. The untrained model's next-token distribution is near uniform over 97 tokens, so two seeds
+  sharing all 8 tokens by chance is all but impossible, and so is matching greedy at temperature 1."""
   model = make_model()
-  prompt = [1, 2, 3]
-  greedy = Sampling(temperature=0, max_tokens=8)
-  assert Generator(model).generate(prompt, greedy) == Generator(model).generate(prompt, greedy)
-  seeded = Sampling(temperature=1.5, max_tokens=8, seed=3)
-  a, b = Generator(model).generate(prompt, seeded), Generator(model).generate(prompt, seeded)
-  assert a == b and len(a) == 8
+  gen, prompt = Generator(model), [1, 2, 3]
+  greedy = gen.generate(prompt, Sampling(temperature=0, max_tokens=8))
+  assert Generator(model).generate(prompt, Sampling(temperature=0, max_tokens=8)) == greedy
+  runs = {seed: gen.generate(prompt, Sampling(temperature=1.0, max_tokens=8, seed=seed)) for seed in (3, 4, 5)}
+  assert Generator(model).generate(prompt, Sampling(temperature=1.0, max_tokens=8, seed=3)) == runs[3] and len(runs[3]) == 8
+  unseeded = [gen.generate(prompt, Sampling(temperature=1.0, max_tokens=8, seed=None)) for _ in range(2)]
+  assert len({tuple(r) for r in [*runs.values(), *unseeded, greedy]}) == 6
+  for seed in (3, 4):
+    assert gen.generate(prompt, Sampling(temperature=1e-4, max_tokens=8, seed=seed)) == greedy
+
+
+def chi_square_survival(x: float, dof: int) -> float:
+  """P(X >= x) for X chi-square with an even number of degrees of freedom (closed form)."""
+  assert dof % 2 == 0
+  return math.exp(-x / 2) * sum((x / 2) ** i / math.factorial(i) for i in range(dof // 2))
+
+
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_samples_follow_the_softmax_of_logits_over_temperature(temperature):
+  """20,000 draws with a fixed seed: Pearson's chi-square against softmax(logits / T) passes at p > 1e-4, and the same
+  statistic rejects softmax(logits) (temperature ignored) at p < 1e-12, so the check has the power to see that."""
+  logits = np.array([2.0, 1.5, 0.7, 0.0, -0.4, -1.0, -2.5])  # 7 tokens: 6 degrees of freedom
+  rng, n = np.random.default_rng(0), 20_000
+  counts = np.bincount([sample_token(logits, Sampling(temperature=temperature), rng) for _ in range(n)], minlength=len(logits))
+  def p_value(t: float) -> float:
+    expected = n * np.exp(logits / t) / np.exp(logits / t).sum()
+    return chi_square_survival(((counts - expected) ** 2 / expected).sum(), len(logits) - 1)
+  assert p_value(temperature) > 1e-4, counts
+  assert p_value(1.0) < 1e-12, counts
 
 
 def test_generation_stops_at_a_stop_token_and_at_the_context_end():
@@ -79,3 +106,23 @@ def test_chunked_prefill_matches_full_forward_and_reuses_a_shared_prefix():
   for ids, expected in ((first, full_first[-1]), (second, full_second[-1]), (first[:3], full_first[2])):
     np.testing.assert_allclose(gen.prefill(ids), expected, atol=1e-4)
     assert gen.cached == ids
+
+
+def test_prefill_near_the_end_of_the_context_matches_full_forward():
+  """Prompts that end within a chunk of the context's end (16 tokens, chunks of 8): the last chunk then starts
+  before the cached end and recomputes cached positions. Logits and greedy tokens match full forward passes."""
+  model = make_model()
+  rng = np.random.default_rng(2)
+  ids, other = rng.integers(0, 97, size=16).tolist(), rng.integers(0, 97, size=3).tolist()
+  def full(seq: list[int]) -> np.ndarray:  # one full forward of 16 tokens; causal, so padding changes no earlier logits
+    return model(Tensor([seq + [0] * (16 - len(seq))])).numpy()[0]
+  full_ids, full_other = full(ids), full(ids[:13] + other)
+  gen = Generator(model)
+  np.testing.assert_allclose(gen.prefill(ids[:15]), full_ids[14], atol=1e-4)  # one short of the context
+  np.testing.assert_allclose(gen.decode(ids[15], 15), full_ids[15], atol=1e-4)  # the context's last position
+  np.testing.assert_allclose(gen.prefill(ids), full_ids[15], atol=1e-4)  # all cached: the last chunk starts at 8
+  np.testing.assert_allclose(gen.prefill(ids[:13] + other), full_other[15], atol=1e-4)  # 13 cached, 3 new
+  assert gen.cached == ids[:13] + other
+  seq = ids[:14]
+  while len(seq) <= 16: seq.append(int(full(seq)[len(seq) - 1].argmax()))
+  assert Generator(model).generate(ids[:14], Sampling(temperature=0, max_tokens=10)) == seq[14:]

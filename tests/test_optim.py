@@ -84,6 +84,50 @@ def test_aurora_evens_out_row_norms_that_muon_leaves_uneven():
   np.testing.assert_allclose(aurora, np_aurora_direction(g), atol=1e-4)
 
 
+def np_svd_polar(x: np.ndarray) -> np.ndarray:
+  u, _, vt = np.linalg.svd(x, full_matrices=False)
+  return u @ vt
+
+
+def balanced_frame(m: int, n: int, seed: int = 0) -> np.ndarray:
+  """A point of Riemannian Aurora's manifold: orthonormal columns, every squared row norm n/m. Found by alternating
+  the two projections (rows rescaled, then the SVD's polar factor) until both hold to float64 precision."""
+  u = np_svd_polar(np.random.default_rng(seed).standard_normal((m, n)))
+  for _ in range(300): u = np_svd_polar(u * np.sqrt(n / m) / np.linalg.norm(u, axis=1, keepdims=True))
+  np.testing.assert_allclose((u ** 2).sum(1), n / m, atol=1e-12)
+  return u
+
+
+def np_tangent_projection(u: np.ndarray, g: np.ndarray) -> np.ndarray:
+  """g minus its least-squares fit by the constraints' normal directions at u: U S for symmetric S (orthonormal
+  columns) and e_i e_i^T U (row i's norm). The fit is numpy's dense lstsq over a basis of those directions."""
+  m, n = u.shape
+  normals = []
+  for i in range(n):
+    for j in range(i, n):
+      s = np.zeros((n, n)); s[i, j] = s[j, i] = 1
+      normals.append(u @ s)
+  for i in range(m):
+    d = np.zeros((m, n)); d[i] = u[i]
+    normals.append(d)
+  basis = np.stack([d.ravel() for d in normals], 1)
+  return g - (basis @ np.linalg.lstsq(basis, g.ravel(), rcond=None)[0]).reshape(m, n)
+
+
+def test_riemannian_aurora_steps_along_the_tangent_space_projection():
+  """Riemannian Aurora's ascent direction at a point of its manifold is the orthogonal projection of g onto the
+  tangent space there (the row norms' multipliers come from its conjugate-gradient solve), checked against a float64
+  least-squares projection. The projection is tangent: U^T Z skew-symmetric, each row of Z orthogonal to U's."""
+  u = balanced_frame(48, 12)
+  g = leveraged_gradient().astype(np.float64)
+  z = optim.tangent_projection(Tensor(u.astype(np.float32)), Tensor(g.astype(np.float32))).numpy().astype(np.float64)
+  expected = np_tangent_projection(u, g)
+  scale = np.abs(expected).max()
+  np.testing.assert_allclose(u.T @ z + z.T @ u, 0, atol=1e-5 * scale)
+  np.testing.assert_allclose((z * u).sum(1), 0, atol=1e-5 * scale)
+  np.testing.assert_allclose(z, expected, atol=1e-5 * scale)
+
+
 def test_riemannian_aurora_keeps_columns_orthonormal_and_rows_even():
   g = leveraged_gradient()
   u = optim.Aurora([Tensor.zeros(*g.shape)], lr=0.1, riemannian=True).direction(Tensor(g)).numpy()
@@ -174,6 +218,30 @@ def test_every_parameter_lands_in_exactly_one_group(arch):
   assert [len(o.params) for o in opt.optimizers] == [len(groups[g]) for g in ("matrices", "embeddings", "other")]
   saved = checkpoint.optimizer_state(opt, [t for group in groups.values() for t in group])
   assert sum(k.startswith("optimizers.0.b.") for k in saved) == len(groups["matrices"])  # momentum is checkpointed
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_weight_decay_shrinks_matrices_and_embeddings_but_not_norms_or_biases(name):
+  """One step on zero gradients is weight decay alone: AdamW's w (1 - lr wd) on the embeddings (and with adamw the
+  matrices), a matrix optimizer's own decay of 0.025 on the blocks' matrices (at its lr; Aurora is grouped as Muon
+  is), and nothing at all on norm gains and biases, which start non-zero here so that decay would show."""
+  model = GPT(GPTConfig(**TEST_SHAPE))
+  state = get_state_dict(model)
+  rng = np.random.default_rng(4)
+  for t in state.values(): t.assign(Tensor(rng.uniform(0.5, 1.5, t.shape).astype(np.float32))).realize()
+  before = {k: t.numpy().astype(np.float64) for k, t in state.items()}
+  lr, adam_lr, wd = 0.5, 0.2, 0.1
+  opt = optim.build_optimizer(model, name, lr, adam_lr, wd)
+  with Context(TRAINING=1):
+    for p in opt.params: p.grad = p.zeros_like()
+    opt.step()
+  exempt = [k for k in state if k.endswith(".bias") or k.split(".")[-2] in ("ln_1", "ln_2", "ln_f")]
+  assert len(exempt) == TEST_SHAPE["n_layer"] * (4 + 2 * 2) + 2  # 4 linear biases and 2 norms a block, the final norm
+  for k, t in state.items():
+    if k in exempt: factor = 1.0
+    elif k in ("wte.weight", "wpe.weight"): factor = 1 - (adam_lr if name == "muon" else lr) * wd
+    else: factor = 1 - lr * (0.025 if name == "muon" else wd)
+    np.testing.assert_allclose(t.numpy(), before[k] * factor, rtol=1e-6, err_msg=k)
 
 
 def test_neuron_watch_counts_rows_that_did_not_move():
