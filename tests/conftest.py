@@ -17,9 +17,10 @@ import pytest
 from hypothesis import Phase, settings
 
 # Hypothesis profiles, picked with HYPOTHESIS_PROFILE. Every example compiles fresh kernels (a second or more each,
-# several times that on PoCL), so the default is a few random examples per test; CI runs one fixed example per test
-# and backend (the first of every strategy, chosen to be typical, see tests/kernels/kernel_check.py), without
-# shrinking a failure at length; `thorough` searches widely.
+# several times that on PoCL), so the default is a few random examples per test; CI runs each test's explicit
+# @example set (every profile runs it: the examples that reach each branch, variant and magnitude, see
+# tests/kernels/kernel_check.py) and one generated example, the first of every strategy, without shrinking a failure
+# at length; `thorough` searches widely.
 settings.register_profile("default", max_examples=3, deadline=None)
 settings.register_profile("ci", max_examples=1, deadline=None, derandomize=True, print_blob=True,
                           phases=[Phase.explicit, Phase.reuse, Phase.generate])

@@ -1,4 +1,5 @@
-"""Fusion is part of Aurora's promise: pin how many kernels one forward pass and one training step schedule.
+"""Fusion is part of Aurora's promise: pin how many kernels one forward pass and one training step schedule; and
+generation compiles its kernels once, whatever the prompt's length.
 
 A change that splits a fused kernel (a stray .contiguous(), an op tinygrad cannot fuse through) or merges what must
 stay apart shows up here as a changed count. To update after a deliberate change, run
@@ -8,7 +9,10 @@ kernel), and write them into PINNED below. The counts depend on tinygrad's versi
 import numpy as np
 import pytest
 from tinygrad import Tensor, GlobalCounters
+from tinygrad.codegen import to_program_cache
+from tinygrad.engine.realize import runtime_cache
 from aurora_tg.data import TokenData
+from aurora_tg.generate import Generator, Sampling
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
 from kernel_check import on
@@ -39,3 +43,40 @@ def test_kernel_counts_of_forward_and_train_step(backend):
     measured = (kernels_of(model.loss, x, y), kernels_of(trainer._micro, x, y), kernels_of(trainer._update, lr_mult))
   assert measured == PINNED[backend], f"{backend} kernel counts (forward, micro-batch, update) are {measured}, pinned " \
     f"{PINNED[backend]}: fusion changed; if that is intended, update PINNED (see this file's docstring)"
+
+
+def compiled() -> tuple[int, int]:
+  """Kernels compiled so far in this process: programs generated and compiled (tinygrad's in-memory program cache,
+  which every compilation fills, whether it ran here or in tinygrad's worker pool) and programs loaded onto a device
+  (where OpenCL builds its binaries). Neither ever shrinks; the disk cache of binaries does not change them."""
+  return len(to_program_cache), len(runtime_cache)
+
+
+def test_generation_compiles_once_for_every_prompt_length(backend):
+  """README (Chat): prefill in fixed-size chunks and decoding from the KV cache run under TinyJit with the position
+  as a symbolic variable, "so one compiled kernel set serves every prompt length and position". The first prompt of a
+  chat compiles it; every later prompt, of other lengths and starting at other positions, compiles nothing."""
+  with on(backend):
+    Tensor.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=97))
+    generator = Generator(model)  # as chat.py makes it: chunks of half the context here, 8 tokens
+    greedy, rng = Sampling(temperature=0, max_tokens=2), np.random.default_rng(0)
+    def fresh(n: int) -> list[int]: return rng.integers(1, 97, n).tolist()
+    recompiles = {}
+    def ask(what: str, ids: list[int]) -> list[int]:
+      """Generate an answer to ids and note any compilation; returns the conversation so far."""
+      before = compiled()
+      answer = generator.generate(ids, greedy)
+      if compiled() != before: recompiles[what] = tuple(a - b for a, b in zip(compiled(), before))
+      return ids + answer
+    start, first = compiled(), fresh(3)
+    conversation = first + generator.generate(first, greedy)
+    assert compiled() != start, "the counters saw no compilation in the first prompt, so they cannot see a recompile"
+    # The jits capture during the second prompt, so it counts too. Each prompt has another length, its prefill chunks
+    # start at other positions, and decoding runs at others (3-4 in the first prompt; 7-8, 11-12, 14-15, 1-2).
+    ask("the chat's next turn, 7 tokens: one chunk from position 5, after the cached prefix", conversation + fresh(2))
+    conversation = ask("an 11-token prompt: chunks at 0 and 8", fresh(11))
+    ask("its next turn, 14 tokens: one chunk, moved back from 13 to 8 by the end of the context", conversation + fresh(1))
+    ask("a one-token prompt", fresh(1))
+    ask("a 16-token prompt filling the context: chunks at 0 and 8, nothing to decode", fresh(16))
+  assert not recompiles, f"{backend}: generation compiled again (new programs, programs loaded on the device): {recompiles}"
