@@ -92,8 +92,12 @@ def write_safetensors(path: str | Path, tensors: dict[str, Tensor], metadata: di
 
 
 def safetensors_header(path: str | Path) -> dict:
-  """The header (tensor names, dtypes, offsets and the __metadata__ strings), without touching the tensor data."""
-  return safe_load_metadata(str(path))[2]
+  """The header (tensor names, dtypes, offsets and the __metadata__ strings), without touching the tensor data. Read
+  with plain file reads: tinygrad's disk device keeps a file it mapped open under its name while tensors loaded from
+  it live, so after a save replaced the file it would read the old file's bytes (or refuse a larger new file)."""
+  with open(path, "rb") as f:
+    size = int.from_bytes(f.read(8), "little")
+    return json.loads(f.read(size))
 
 
 def read_safetensors(path: Path, verify: bool = True) -> tuple[dict[str, Tensor], dict]:

@@ -117,7 +117,7 @@ def _tokenize(pieces: list[tuple[str, bool]]) -> tuple[np.ndarray, np.ndarray, n
     if ends: piece_ids.append(tok.eot)
   lengths = np.array([len(i) for i in ids], dtype=np.int64)
   held_out = np.array([document_hash(text) % VAL_EVERY == 0 for text, _ in pieces])
-  return np.fromiter(itertools.chain.from_iterable(ids), dtype=np.uint32, count=int(lengths.sum())), lengths, held_out
+  return np.concatenate([np.array(i, np.uint32) for i in ids]), lengths, held_out
 
 
 def _tasks(pieces: Iterator[tuple[str, bool]]) -> Iterator[list[tuple[str, bool]]]:
@@ -138,12 +138,20 @@ def _run(source: Source, tokenizer: Tokenizer, writer: ShardWriter, workers: int
   if pool is None: _start_worker(tokenizer.spec)
   try:
     for tokens, lengths, held_out in _ordered_results(pool, _tasks(pieces), workers):
-      for doc, hold in zip(np.split(tokens, np.cumsum(lengths)[:-1]), held_out.tolist()):
-        if max_tokens is not None: doc = doc[:max_tokens - total]
-        val = writer.tokens("val")
-        writer.add("val" if val < VAL_MIN_TOKENS or hold and val < VAL_MAX_TOKENS else "train", doc)
-        writer.documents, total = writer.documents + 1, total + len(doc)
-        if max_tokens is not None and total >= max_tokens: break
+      to_val, val = [], writer.tokens("val")
+      for n, hold in zip(lengths.tolist(), held_out.tolist()):  # the split of each document, in stream order
+        to_val.append(val < VAL_MIN_TOKENS or hold and val < VAL_MAX_TOKENS)
+        val += n if to_val[-1] else 0
+      ends = np.cumsum(lengths)
+      if max_tokens is not None and total + int(ends[-1]) >= max_tokens:  # the last task: cut at max_tokens
+        keep = int(np.searchsorted(ends, max_tokens - total)) + 1
+        to_val, ends, tokens = to_val[:keep], np.minimum(ends[:keep], max_tokens - total), tokens[:max_tokens - total]
+      start = 0
+      for split, run in itertools.groupby(zip(to_val, ends.tolist()), key=lambda doc: doc[0]):  # runs of one split at once
+        end = list(run)[-1][1]
+        writer.add("val" if split else "train", tokens[start:end])
+        start = end
+      writer.documents, total = writer.documents + len(to_val), total + int(ends[-1])
       if max_tokens is not None and total >= max_tokens: break
       if writer.wrote_shard or time.monotonic() - last_commit > COMMIT_EVERY_S:  # between tasks: a document boundary
         writer.commit()

@@ -196,6 +196,8 @@ class Trainer:
           window_start, window_tokens = now, 0
         if self.step % self.s.eval_every == 0 or self.step == self.s.steps:
           self._log_eval(metrics, log, elapsed(), loss)
+          if not math.isfinite(self.last_val_loss):  # never save a model that evaluates to NaN over the last good one
+            raise NonFinite(f"validation loss became {self.last_val_loss} at step {self.step}")
           best = record.run is not None and record.run.keep_best and (self.best_val_loss is None or self.last_val_loss < self.best_val_loss)
           if best: self.best_val_loss = self.last_val_loss
           path = self.save(run_dir, record, time.perf_counter() - start)  # a killed run loses at most eval_every steps

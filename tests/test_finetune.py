@@ -14,6 +14,7 @@ from aurora_tg.config import DistillConfig, TrainSettings
 from aurora_tg.trainer import Trainer
 from conftest import TEST_SHAPE, sample_text
 from test_chat import chat
+from test_hf import CONV1D as HF_CONV1D, numpy_gpt2, read_safetensors_numpy
 from test_train_cli import TINY_RUN, finished_run, train  # noqa: F401  (finished_run is a fixture)
 
 
@@ -57,7 +58,7 @@ def test_distillation_needs_a_shared_tokenizer(tmp_path):
     checkpoint.save(tmp_path / name, get_state_dict(model), {}, checkpoint.RunRecord("pretrain", model.cfg, tok.fingerprint()))
     tok.save(str(tmp_path / name / checkpoint.TOKENIZER_NAME))
   cfg = DistillConfig(out=str(tmp_path / "out"), train=TrainSettings(), size="tiny", teacher=str(tmp_path / "teacher"), init=str(tmp_path / "student"))
-  with pytest.raises(UserError, match="must share one"): prepare_distill(cfg)
+  with pytest.raises(UserError, match="must share one"): prepare_distill(cfg, workers=1)
 
 
 def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
@@ -68,6 +69,12 @@ def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
   short = ["--steps", "3", "--eval-every", "3", "--batch-size", "4"]
   sft = train("--stage", "sft", "--init", base, "--data", chats, "--freeze", "1", "--out", tmp_path / "sft", *short, check_code=0)
   assert "chat.jsonl:4: skipped" in sft.stdout and "held-out assistant-token loss" in sft.stdout
+  # --freeze 1: the embeddings (and so the tied LM head) and block 0 are bit for bit the base's; all else trained
+  before, after = (read_safetensors_numpy(run / checkpoint.CHECKPOINT_NAME) for run in (base, tmp_path / "sft"))
+  frozen = {k for k in before if k.startswith(("model.wte.", "model.wpe.", "model.h.0."))}
+  assert frozen and all(np.array_equal(after[k], before[k]) for k in frozen), [k for k in frozen if not np.array_equal(after[k], before[k])]
+  trained = {k for k in before if k.startswith("model.")} - frozen
+  assert trained and not any(np.array_equal(after[k], before[k]) for k in trained)
   lora_run = train("--stage", "lora", "--init", base, "--data", chats, "--out", tmp_path / "lora", *short, check_code=0)
   assert "Q: " in lora_run.stdout
   adapter_size = (tmp_path / "lora" / "checkpoint.safetensors").stat().st_size
@@ -75,10 +82,39 @@ def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
   for run in ("sft", "lora"):
     answer = chat("--checkpoint", tmp_path / run, "--temperature", "0", "--max-tokens", "5", "-p", "the cat?")
     assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
+  assert_lora_run_is_its_base_plus_its_adapters(base, tmp_path / "lora")
   train("--stage", "distill", "--teacher", base, "--size", "tiny", "--out", tmp_path / "student", *short,
         "--data", finished_run[1], check_code=0)
+  val = [m["val_loss"] for m in map(json.loads, (tmp_path / "student" / "metrics.jsonl").read_text().splitlines()) if "val_loss" in m]
+  assert len(val) == 2 and val[1] < val[0] - 0.1, val  # distillation lowered the student's loss (steps 0 and 3)
   missing = train("--stage", "sft", "--out", tmp_path / "x")
   assert missing.returncode == 2 and "needs --init" in missing.stderr
+
+
+def assert_lora_run_is_its_base_plus_its_adapters(base, lora_run):
+  """What chat.py loads from a LoRA run gives the logits of GPT-2's forward pass in numpy on the base's weights with
+  each adapter's (alpha / rank) B A added, far from the base's own; and chat.py's greedy text is that model's."""
+  weights = {k.removeprefix("model."): v for k, v in read_safetensors_numpy(base / checkpoint.CHECKPOINT_NAME).items() if k.startswith("model.")}
+  adapters = {k.removeprefix("model."): v for k, v in read_safetensors_numpy(lora_run / checkpoint.CHECKPOINT_NAME).items() if k.startswith("model.")}
+  lora_cfg = checkpoint.read_record(lora_run).run.lora
+  merged = dict(weights)
+  for name in {k.rsplit(".", 1)[0] for k in adapters}:  # h.0.attn.c_attn, ...
+    merged[f"{name}.weight"] = weights[f"{name}.weight"] + lora_cfg.alpha / lora_cfg.rank * adapters[f"{name}.lora_b"] @ adapters[f"{name}.lora_a"]
+  assert len(adapters) == 2 * 4 * 2  # A and B for c_attn, attn.c_proj, c_fc and mlp.c_proj, in both blocks
+  as_gpt2 = lambda w: {k: v.T if k.endswith(HF_CONV1D) else v for k, v in w.items()}  # Aurora's Linear is (out, in)
+  cfg = checkpoint.read_record(base).model
+  ids = np.random.default_rng(0).integers(0, cfg.vocab_size, 40)
+  expected, base_logits = (numpy_gpt2(as_gpt2(w), ids, cfg.n_layer, cfg.n_head) for w in (merged, weights))
+  model, tokenizer, _ = checkpoint.load_model(lora_run)  # as chat.py loads it
+  np.testing.assert_allclose(model(Tensor(ids[None].tolist())).numpy()[0], expected, atol=1e-5, rtol=1e-5)
+  assert np.abs(expected - base_logits).max() > 0.05  # the adapters matter, far beyond that tolerance
+  proc = chat("--checkpoint", lora_run, "--complete", "the cat", "--temperature", "0", "--repetition-penalty", "1", "--max-tokens", "5")
+  ids = tokenizer.encode("the cat")
+  while len(ids) < len(tokenizer.encode("the cat")) + 5:  # greedy, up to <|endoftext|> as --complete stops
+    token = int(numpy_gpt2(as_gpt2(merged), np.array(ids), cfg.n_layer, cfg.n_head)[-1].argmax())
+    if token == tokenizer.eot: break
+    ids.append(token)
+  assert proc.stdout == tokenizer.decode(ids) + "\n", proc.stdout + proc.stderr
 
 
 def test_a_moved_runs_folder_with_a_lora_run_still_chats(finished_run, tmp_path):

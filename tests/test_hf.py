@@ -41,7 +41,7 @@ def read_safetensors_numpy(path) -> dict[str, np.ndarray]:
   (n,) = struct.unpack("<Q", raw[:8])
   header, data = json.loads(raw[8:8 + n]), raw[8 + n:]
   return {k: np.frombuffer(data[v["data_offsets"][0]:v["data_offsets"][1]], np.float32).reshape(v["shape"])
-          for k, v in header.items() if k != "__metadata__"}
+          for k, v in header.items() if k != "__metadata__" and v["dtype"] == "F32"}  # float32 tensors only
 
 
 def numpy_gpt2(w: dict[str, np.ndarray], ids: np.ndarray, n_layer: int, n_head: int) -> np.ndarray:
