@@ -35,12 +35,15 @@ def parse_args(argv=None):
   p.add_argument("--optimizer", help="aurora, aurora-riemannian, muon (hidden matrices; AdamW trains the rest), adamw "
                                      "(default), adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
   p.add_argument("--lr", type=float, help="peak learning rate (default: the optimizer's and preset's)")
+  p.add_argument("--weight-decay", type=float, help="decoupled weight decay (default: AdamW 0.1; a matrix optimizer's "
+                 "matrices 0.025, the reference's); given, it applies to every decayed weight")
   p.add_argument("--eval-every", type=int, help="steps between validation evaluations and checkpoints")
   p.add_argument("--tokenizer", choices=("bpe", "gpt2"), help="own BPE trained on the data, or GPT-2's (default: by preset)")
   p.add_argument("--bpe-sample-mb", type=float, help="the own BPE trains on this many MB from the start of the data (default 100)")
   p.add_argument("--norm", choices=("layernorm", "rmsnorm"))
   p.add_argument("--pos", choices=("learned", "rope"))
-  p.add_argument("--mlp", choices=("gelu", "swiglu"))
+  p.add_argument("--mlp", choices=("gelu", "swiglu", "relu2"), help="MLP activation: gelu (GPT-2, default), swiglu "
+                 "(LLaMA's gated SiLU, 2/3 the hidden width), relu2 (squared ReLU, relu(x)^2, as modded-nanogpt and nanochat)")
   p.add_argument("--freeze", type=int, help="sft: freeze the embeddings and the lowest N blocks (default 0)")
   p.add_argument("--lora-rank", type=int, help="lora: adapter rank (default 8)")
   p.add_argument("--lora-alpha", type=float, help="lora: adapter scale numerator, scale = alpha / rank (default 16)")

@@ -25,7 +25,8 @@ class TrainSettings:
   adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
   warmup: int = 20               # at most a tenth of the steps
   min_lr_frac: float = 0.1       # cosine decays to lr * min_lr_frac
-  weight_decay: float = 0.1
+  weight_decay: float = 0.1      # AdamW's (of everything, or beside a matrix optimizer)
+  matrix_weight_decay: float = 0.025  # a matrix optimizer's, the reference's; --weight-decay sets both
   grad_clip: float = 1.0
   eval_every: int = 50
   eval_batches: int = 4
@@ -67,7 +68,7 @@ DEFAULTS: dict[str, dict] = {
 TEXT_FLAGS = ("text_field", "max_tokens", "data_order")  # the stages that train on text (see TextData)
 # The flags every stage takes, and those of one stage (or a few); a flag of another stage is refused, naming its own.
 # --stage, --device and --resume say how to run, not what: they are not part of a config.
-COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "eval_every", "dtype", "devices", "seed", "wandb",
+COMMON_FLAGS = ("data", "out", "steps", "batch_size", "grad_accum", "lr", "weight_decay", "eval_every", "dtype", "devices", "seed", "wandb",
                 "keep", "keep_best", "eval_hellaswag_every")
 STAGE_FLAGS = {
   "pretrain": ("size", "tokenizer", "norm", "pos", "mlp", "optimizer", "bpe_sample_mb", *TEXT_FLAGS),
@@ -217,9 +218,11 @@ def train_settings(preset: str, row: str, flags: dict, device: str) -> TrainSett
   values = {**DEFAULTS[preset], "adam_lr": DEFAULTS[preset]["lr"], **DEFAULTS.get(row, {}), "optimizer": optimizer}
   values |= {k: flags[k] for k in ("steps", "batch_size", "grad_accum", "lr", "eval_every", "seed") if k in flags}
   if "dtype" in flags: values["compute_dtype"] = flags["dtype"]
+  if "weight_decay" in flags: values["weight_decay"] = values["matrix_weight_decay"] = flags["weight_decay"]
   s = TrainSettings(**values)
   check_counts(s)
   if not s.lr > 0 or not math.isfinite(s.lr): raise UserError(f"--lr must be positive, got {s.lr}")
+  if not 0 <= s.weight_decay < math.inf: raise UserError(f"--weight-decay must be zero or positive, got {s.weight_decay}")
   if s.compute_dtype not in DTYPES: raise UserError(f"--dtype must be float32, bfloat16 or float16, got {s.compute_dtype!r}")
   if "dtype" not in flags and not devices.supports_dtype(device, s.compute_dtype):
     s = replace(s, compute_dtype="float32")  # the preset's mixed precision needs a backend that has it
@@ -308,7 +311,7 @@ def validate(cfg: StageConfig):
 def as_flags(cfg: StageConfig) -> dict:
   """The flags that would make this config: what a resumed run's own flags are compared with."""
   t = cfg.train
-  flags = dict(data=cfg.data, steps=t.steps, batch_size=t.batch_size, grad_accum=t.grad_accum, lr=t.lr,
+  flags = dict(data=cfg.data, steps=t.steps, batch_size=t.batch_size, grad_accum=t.grad_accum, lr=t.lr, weight_decay=t.weight_decay,
                eval_every=t.eval_every, dtype=t.compute_dtype, seed=t.seed, optimizer=t.optimizer)
   flags |= {f.name: getattr(cfg, f.name) for f in fields(cfg)
             if f.name in ("size", "tokenizer", "norm", "pos", "mlp", "init", "teacher", "freeze", "bpe_sample_mb", *TEXT_FLAGS)}

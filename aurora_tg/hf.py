@@ -89,8 +89,8 @@ def hf_config(cfg: GPTConfig, eot: int) -> dict:
 def save(model: GPT, out: str | Path, tokenizer: Tokenizer):
   """Write the Hugging Face layout into the folder out; a model without biases gets zero ones, which GPT-2 needs."""
   cfg = model.cfg
-  unsupported = {"norm": "rmsnorm", "pos": "rope", "mlp": "swiglu"}
-  used = [value for key, value in unsupported.items() if getattr(cfg, key) == value]
+  gpt2_kinds = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}  # what GPT-2 computes: any other kind, one added later too, is refused
+  used = [getattr(cfg, key) for key, value in gpt2_kinds.items() if getattr(cfg, key) != value]
   if used: raise UserError(f"GPT-2's layout cannot express {', '.join(used)}; only GPT-2 architectures (layernorm, learned positions, gelu) export")
   tensors = {}
   for name, t in get_state_dict(model).items():

@@ -1,4 +1,4 @@
-"""GPT-2 decoder-only transformer on tinygrad, with switches for the LLaMA changes (RoPE, RMSNorm, SwiGLU)."""
+"""GPT-2 decoder-only transformer on tinygrad, with switches for the LLaMA changes (RoPE, RMSNorm, SwiGLU) and squared ReLU."""
 import math
 from dataclasses import dataclass, asdict, fields
 from tinygrad import Tensor, dtypes, nn
@@ -14,11 +14,11 @@ class GPTConfig:
   mlp_ratio: float = 4.0      # MLP hidden width / n_embd (SwiGLU keeps 2/3 of it so parameters match)
   norm: str = "layernorm"     # layernorm | rmsnorm
   pos: str = "learned"        # learned | rope
-  mlp: str = "gelu"           # gelu | swiglu
+  mlp: str = "gelu"           # gelu | swiglu | relu2
   bias: bool = True
 
   def __post_init__(self):
-    choices = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu")}
+    choices = {"norm": ("layernorm", "rmsnorm"), "pos": ("learned", "rope"), "mlp": ("gelu", "swiglu", "relu2")}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed: raise ValueError(f"{name} must be one of {'|'.join(allowed)}, got {getattr(self, name)!r}")
     for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -33,7 +33,7 @@ class GPTConfig:
   @property
   def mlp_hidden(self) -> int:
     hidden = self.mlp_ratio * self.n_embd
-    return round(hidden) if self.mlp == "gelu" else 16 * math.ceil(2 * hidden / 3 / 16)
+    return round(hidden) if self.mlp != "swiglu" else 16 * math.ceil(2 * hidden / 3 / 16)
 
   def to_dict(self) -> dict: return asdict(self)
 
@@ -73,6 +73,12 @@ def stored(x: Tensor) -> Tensor:
 def gelu(x: Tensor) -> Tensor:
   """GPT-2's GELU (tanh approximation)."""
   return x.float().gelu().cast(x.dtype)
+
+
+def relu2(x: Tensor) -> Tensor:
+  """Squared ReLU, relu(x)^2 (modded-nanogpt, nanochat). In x's dtype, unlike GELU: its float16 result overflows above
+  x = 255 however it is computed, and float32 would not round it better (a float16's square is exact in float32)."""
+  return x.relu().square()
 
 
 def softmax(x: Tensor) -> Tensor:
@@ -155,13 +161,14 @@ class Attention:
 
 class MLP:
   def __init__(self, cfg: GPTConfig, proj_std: float):
-    self.swiglu = cfg.mlp == "swiglu"
+    self.kind = cfg.mlp
     self.c_fc = Linear(cfg.n_embd, cfg.mlp_hidden, cfg.bias)
-    self.c_gate = Linear(cfg.n_embd, cfg.mlp_hidden, cfg.bias) if self.swiglu else None
+    self.c_gate = Linear(cfg.n_embd, cfg.mlp_hidden, cfg.bias) if self.kind == "swiglu" else None
     self.c_proj = Linear(cfg.mlp_hidden, cfg.n_embd, cfg.bias, std=proj_std)
 
   def __call__(self, x: Tensor) -> Tensor:
-    h = self.c_gate(x).silu() * self.c_fc(x) if self.swiglu else gelu(self.c_fc(x))
+    if self.kind == "swiglu": h = self.c_gate(x).silu() * self.c_fc(x)
+    else: h = relu2(self.c_fc(x)) if self.kind == "relu2" else gelu(self.c_fc(x))
     return self.c_proj(stored(h))
 
 

@@ -9,37 +9,11 @@ from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint, optim
 from aurora_tg.checkpoint import RunRecord
 from aurora_tg.config import TrainSettings
+from aurora_tg.diagnostics import NeuronWatch
 from aurora_tg.model import GPT, IGNORE_INDEX
 
 
 class NonFinite(Exception): pass
-
-
-class NeuronWatch:
-  """Dead-neuron diagnostics. A neuron of an MLP layer is a row of its up-projection; it is counted dead when the
-  norm of its updates, summed over the window since the last report, stays below DEAD_BELOW of the layer's mean.
-  The spread is that row norm's coefficient of variation: 0 when every neuron moves alike (Aurora's target)."""
-  DEAD_BELOW = 0.1
-
-  def __init__(self, model: GPT, trained: list[Tensor]):
-    trained_ids = {id(t) for t in trained}  # frozen layers (and LoRA-wrapped ones) are not watched
-    self.weights = [w for block in model.h if id(w := getattr(block.mlp.c_fc, "weight", None)) in trained_ids]
-    self.moved = [Tensor.zeros(w.shape[0], device=w.device).contiguous().realize() for w in self.weights]
-    self.before = [Tensor.zeros_like(w).contiguous().realize() for w in self.weights]
-
-  def snapshot(self):
-    """Copy the weights before the optimizer step (realized now, so the copy precedes the update)."""
-    if self.weights: Tensor.realize(*[before.assign(w) for before, w in zip(self.before, self.weights)])
-
-  def accumulate(self) -> list[Tensor]:
-    for moved, w, old in zip(self.moved, self.weights, self.before): moved.assign(moved + (w - old).square().sum(1).sqrt())
-    return self.moved
-
-  def report(self) -> dict[str, list[float]]:
-    rows = [m.numpy() for m in self.moved]
-    for m in self.moved: m.assign(m.zeros_like()).realize()
-    return {"dead_fraction": [float((r < self.DEAD_BELOW * r.mean()).mean()) if r.mean() > 0 else 0.0 for r in rows],
-            "update_spread": [float(r.std() / r.mean()) if r.mean() > 0 else 0.0 for r in rows]}
 
 
 def lr_multiplier(step: int, s: TrainSettings) -> float:
@@ -50,7 +24,7 @@ def lr_multiplier(step: int, s: TrainSettings) -> float:
 
 
 def build_optimizer(model: GPT, s: TrainSettings) -> nn.optim.OptimizerGroup:
-  return optim.build_optimizer(model, s.optimizer, s.lr, s.adam_lr, s.weight_decay)
+  return optim.build_optimizer(model, s.optimizer, s.lr, s.adam_lr, s.weight_decay, s.matrix_weight_decay)
 
 
 class Trainer:
@@ -75,7 +49,9 @@ class Trainer:
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
     self.step, self.rng, self.last_val_loss, self.best_val_loss, self.elapsed_before = 0, np.random.default_rng(settings.seed), None, None, 0.0
     self.last_val_bpb: float | None = None
-    self.watch = NeuronWatch(model, self.params)
+    # a fixed probe batch (its own generator), on which each evaluation counts the neurons that never fire
+    probe = data.batch(np.random.default_rng(settings.seed + 2), NeuronWatch.PROBE_SEQUENCES, "val")[0]
+    self.watch = NeuronWatch(model, self.params, self._tensor(probe, axis=None))
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
 
   def _replicate(self, devices: tuple[str, ...]):
@@ -211,8 +187,10 @@ class Trainer:
     val = self.evaluate()
     self.last_val_loss = val
     extra = ({"val_bpb": self.last_val_bpb} if self.last_val_bpb is not None else {}) | self.extra_eval(self.step)
-    log(f"step {self.step:5d}: val loss {val:.4f}" + "".join(f" | {name} {value:.4f}" for name, value in extra.items()))
-    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s} | extra)
+    never = self.watch.never_active()
+    log(f"step {self.step:5d}: val loss {val:.4f}" + "".join(f" | {name} {value:.4f}" for name, value in extra.items())
+        + f" | never active {'/'.join(f'{f:.0%}' for f in never)}")
+    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s, "never_active": never} | extra)
 
 
 def _duration(seconds: float) -> str:

@@ -1,8 +1,17 @@
-"""AdamW vs Muon vs Aurora: the same model, data, seed and token budget, one run each, on a SwiGLU model with a
-wide MLP (tall up-projections, where Aurora should matter most). Writes a markdown table (final validation loss,
-dead-neuron fraction, time per step, Aurora's overhead over Muon) and a PNG of the loss curves.
+"""Does Muon kill MLP neurons that Aurora keeps alive? The experiment behind the Aurora optimizer (Tilde Research,
+arXiv 2606.27715), at the scale of this machine: a sweep over the MLP (gelu, swiglu, relu2) and its expansion
+(4, 8, 16), each trained with every optimizer on the same data, seed and steps, warmup included, at the paper's
+learning rates (matrix optimizers 0.05 with decay 0.025; AdamW beside them at the preset's rate).
 
-  python bench/optimizers.py [--steps 300] [--mlp-ratio 8] [--optimizers adamw,muon,aurora] [--device CL] [--out bench/results]
+Per run it records the loss against steps and wall time, per-layer neuron death by leverage (a neuron is dead when
+its share of the update stays below a fraction of uniform for consecutive windows; see aurora_tg/diagnostics.py),
+the neurons never active on a probe batch, and the time per step. It writes bench/results/optimizers.md (the table,
+and Aurora's step time over Muon's, measured in the same run), optimizers.json, optimizers.png (loss curves against
+steps and time) and optimizers_leverage.png (leverage histograms at the end).
+
+  python bench/optimizers.py                     # the sweep: about an hour on a 2-core CPU
+  python bench/optimizers.py --quick             # one small setting, a minute: checks the bench runs
+  python bench/optimizers.py --mlps relu2 --expansions 16 --steps 2000 --optimizers adamw,muon,aurora
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -10,87 +19,131 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+WIDTH, LAYERS, HEADS, CONTEXT = 64, 2, 4, 64  # small enough for 18 runs of 1,000 steps in about an hour here
 
-def train_one(name: str, cfg, data, args) -> dict:
+
+def train_one(optimizer: str, mlp: str, expansion: float, data, vocab_size: int, args) -> dict:
   from tinygrad import Tensor
-  from aurora_tg.config import DEFAULTS
-  from aurora_tg.model import GPT
-  from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
-  settings = TrainSettings(optimizer=name, lr=DEFAULTS.get(name, {}).get("lr", 3e-3), adam_lr=3e-3, steps=args.steps,
-                           batch_size=args.batch_size, warmup=max(1, args.steps // 20), eval_batches=8, seed=0)
+  from aurora_tg.config import DEFAULTS, TrainSettings
+  from aurora_tg.model import GPT, GPTConfig
+  from aurora_tg.trainer import Trainer, build_optimizer
+  cfg = GPTConfig(n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH, block_size=CONTEXT, vocab_size=vocab_size, mlp=mlp, mlp_ratio=expansion)
+  settings = TrainSettings(optimizer=optimizer, lr=DEFAULTS.get(optimizer, {}).get("lr", 3e-3), adam_lr=3e-3, steps=args.steps,
+                           batch_size=args.batch_size, warmup=max(1, args.steps // 10), eval_batches=4, seed=0, log_every=args.window)
   Tensor.manual_seed(0)
   model = GPT(cfg)
   trainer = Trainer(model, data, settings, build_optimizer(model, settings))
-  trainer.train_step()  # compile outside the timing
-  curve, dead, spread, step_times = [], [], [], []
-  for step in range(1, args.steps):
+  curve, dead, step_times, clock = [], [], [], 0.0
+  for step in range(args.steps):
     start = time.perf_counter()
     loss, _ = trainer.train_step()
-    step_times.append(time.perf_counter() - start)
-    curve.append((step + 1, loss))
+    took = time.perf_counter() - start
+    if step >= 2: step_times.append(took)  # the first steps compile
+    clock += took
+    curve.append((step + 1, clock, loss))
     if (step + 1) % args.window == 0:
       report = trainer.watch.report()
-      dead.append(float(np.mean(report["dead_fraction"])))
-      spread.append(float(np.mean(report["update_spread"])))
-      print(f"  {name:7s} step {step + 1:4d} | loss {loss:.3f} | dead neurons {dead[-1]:.1%} | update spread {spread[-1]:.2f}", flush=True)
-  return {"name": name, "curve": curve, "val_loss": trainer.evaluate(), "dead": dead[-1], "max_dead": max(dead),
-          "spread": spread[-1], "ms_per_step": 1e3 * float(np.median(step_times))}
+      dead.append(report["dead_fraction"])
+      if (step + 1) % (10 * args.window) == 0 or step + 1 == args.steps:
+        print(f"  {mlp} x{expansion:g} {optimizer:7s} step {step + 1:5d} | loss {loss:.3f} | dead "
+              + "/".join(f"{d:.0%}" for d in dead[-1]), flush=True)
+  val_loss = trainer.evaluate()
+  never_active = trainer.watch.never_active()
+  return {"optimizer": optimizer, "mlp": mlp, "expansion": expansion, "hidden": cfg.mlp_hidden, "curve": curve,
+          "val_loss": val_loss, "dead": dead[-1], "max_dead": max(max(d) for d in dead), "never_active": never_active,
+          "leverage": [lev.tolist() for lev in trainer.watch.leverage], "ms_per_step": 1e3 * float(np.median(step_times))}
+
+
+def table(results: list[dict]) -> str:
+  lines = ["| MLP | expansion (hidden) | optimizer | val loss | dead at end (per layer) | worst window | never active on probe | ms/step |",
+           "|---|---|---|---|---|---|---|---|"]
+  for r in results:
+    lines.append(f"| {r['mlp']} | {r['expansion']:g} ({r['hidden']}) | {r['optimizer']} | {r['val_loss']:.3f} | "
+                 f"{' / '.join(f'{d:.0%}' for d in r['dead'])} | {r['max_dead']:.0%} | "
+                 f"{' / '.join(f'{d:.0%}' for d in r['never_active'])} | {r['ms_per_step']:.0f} |")
+  muon = {(r["mlp"], r["expansion"]): r["ms_per_step"] for r in results if r["optimizer"] == "muon"}
+  ratios = [r["ms_per_step"] / muon[(r["mlp"], r["expansion"])] for r in results
+            if r["optimizer"] == "aurora" and (r["mlp"], r["expansion"]) in muon]
+  if ratios: lines.append(f"\nAurora's step time over Muon's (median over settings): {np.median(ratios) - 1:+.1%} "
+                          f"(from {min(ratios) - 1:+.1%} to {max(ratios) - 1:+.1%})")
+  return "\n".join(lines)
+
+
+def plot(results: list[dict], out: Path, title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  settings = sorted({(r["mlp"], r["expansion"]) for r in results})
+  fig, axes = plt.subplots(len(settings), 2, figsize=(10, 2.6 * len(settings)), squeeze=False)
+  for row, (mlp, expansion) in enumerate(settings):
+    for r in (r for r in results if (r["mlp"], r["expansion"]) == (mlp, expansion)):
+      steps, seconds, losses = map(np.array, zip(*r["curve"]))
+      window = min(20, len(losses))
+      smooth = np.convolve(losses, np.ones(window) / window, mode="valid")  # raw batch losses are noisy
+      label = f"{r['optimizer']} (val {r['val_loss']:.3f})"
+      axes[row, 0].plot(steps[window - 1:], smooth, label=label)
+      axes[row, 1].plot(seconds[window - 1:], smooth, label=label)
+    axes[row, 0].set(xlabel="step", ylabel=f"{mlp} x{expansion:g}\ntrain loss")
+    axes[row, 1].set(xlabel="seconds")
+    axes[row, 0].legend(fontsize=7)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(out / "optimizers.png", dpi=100)
+
+  fig, axes = plt.subplots(len(settings), 1, figsize=(6, 2.2 * len(settings)), squeeze=False)
+  for row, (mlp, expansion) in enumerate(settings):
+    for r in (r for r in results if (r["mlp"], r["expansion"]) == (mlp, expansion)):
+      leverage = np.concatenate(r["leverage"]) if r["leverage"] else np.zeros(1)
+      axes[row, 0].hist(leverage, bins=np.linspace(0, max(3.0, leverage.max()), 40), alpha=0.5, label=r["optimizer"])
+    axes[row, 0].set(ylabel=f"{mlp} x{expansion:g}\nneurons", xlabel="leverage at the end (1 = uniform share)")
+    axes[row, 0].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out / "optimizers_leverage.png", dpi=100)
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--steps", type=int, default=300)
+  p.add_argument("--quick", action="store_true", help="one setting (relu2 x4), 60 steps: checks that the bench runs")
+  p.add_argument("--mlps", default="gelu,swiglu,relu2")
+  p.add_argument("--expansions", default="4,8,16")
+  p.add_argument("--optimizers", default="muon,aurora")
+  p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--batch-size", type=int, default=16)
-  p.add_argument("--mlp-ratio", type=float, default=8.0)
-  p.add_argument("--window", type=int, default=50, help="steps per dead-neuron measurement")
-  p.add_argument("--optimizers", default="adamw,muon,aurora")
+  p.add_argument("--window", type=int, default=10, help="steps per leverage window")
   p.add_argument("--device")
   p.add_argument("--out", default="bench/results")
   args = p.parse_args()
+  if args.quick: args.mlps, args.expansions, args.steps = "relu2", "4", 60
 
   from aurora_tg import devices
   from aurora_tg.data import TokenData, load_shards
-  from aurora_tg.model import GPTConfig
   from aurora_tg.prepare import prepared
   from aurora_tg.sources import default_corpus
   from aurora_tg.tokenizer import train_bpe
   device = devices.select_device(args.device)
   tokenizer = train_bpe(default_corpus(), 1024)
-  cfg = GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=tokenizer.n_vocab, mlp="swiglu", mlp_ratio=args.mlp_ratio)
   train, val = load_shards(prepared(None, tokenizer))
-  data = TokenData(train, cfg.block_size, val=val)
-  print(f"{device} | 4 layers, width 128, SwiGLU hidden {cfg.mlp_hidden} | {args.steps} steps of {args.batch_size}x{cfg.block_size} tokens")
+  data = TokenData(train, CONTEXT, val=val)
+  runs = [(mlp, float(e)) for mlp in args.mlps.split(",") for e in args.expansions.split(",")]
+  print(f"{device} | {LAYERS} layers, width {WIDTH} | {len(runs)} settings x {args.optimizers} | "
+        f"{args.steps} steps of {args.batch_size}x{CONTEXT} tokens", flush=True)
+  started = time.perf_counter()
+  results = []
+  for i, (mlp, expansion) in enumerate(runs):
+    for name in args.optimizers.split(","):
+      results.append(train_one(name, mlp, expansion, data, tokenizer.n_vocab, args))
+    done = time.perf_counter() - started
+    print(f"setting {i + 1}/{len(runs)} done | {done / 60:.1f} min | about {done / (i + 1) * (len(runs) - i - 1) / 60:.0f} min left", flush=True)
 
-  results = [train_one(name, cfg, data, args) for name in args.optimizers.split(",")]
-  by_name = {r["name"]: r for r in results}
-  lines = ["| optimizer | final val loss | dead neurons (end / worst window) | update row spread | ms/step |", "|---|---|---|---|---|"]
-  lines += [f"| {r['name']} | {r['val_loss']:.3f} | {r['dead']:.1%} / {r['max_dead']:.1%} | {r['spread']:.2f} | {r['ms_per_step']:.0f} |" for r in results]
-  if "muon" in by_name and "aurora" in by_name:
-    lines.append(f"\nAurora's step time over Muon's: {by_name['aurora']['ms_per_step'] / by_name['muon']['ms_per_step'] - 1:+.1%}")
-  table = "\n".join(lines)
-  print(table)
-
+  text = table(results)
+  print(text)
   out = Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "optimizers.md").write_text(table + "\n")
+  (out / "optimizers.md").write_text(f"{device}, {LAYERS} layers, width {WIDTH}, {args.steps} steps of "
+                                     f"{args.batch_size}x{CONTEXT} tokens\n\n{text}\n")
   (out / "optimizers.json").write_text(json.dumps(results))
-  plot(results, out / "optimizers.png", f"SwiGLU hidden {cfg.mlp_hidden}, width 128, {device}")
-  print(f"wrote {out / 'optimizers.md'} and {out / 'optimizers.png'}")
-
-
-def plot(results: list[dict], path: Path, title: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4))
-  for r in results:
-    steps, losses = zip(*r["curve"])
-    smooth = np.convolve(losses, np.ones(10) / 10, mode="valid")  # a 10-step running mean; raw batch losses are noisy
-    ax.plot(steps[9:], smooth, label=f"{r['name']} (val {r['val_loss']:.3f})")
-  ax.set(xlabel="step", ylabel="train loss (10-step mean)", title=title)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  plot(results, out, f"{LAYERS} layers, width {WIDTH}, {device}")
+  print(f"wrote {out / 'optimizers.md'}, optimizers.png and optimizers_leverage.png")
 
 
 if __name__ == "__main__":

@@ -53,7 +53,7 @@ def test_init_from_a_gpt2_folder_without_a_stage_chat_fine_tunes_it(tmp_path):
     else: assert not np.array_equal(ours, value), name
 
 
-@pytest.mark.parametrize("arch", [dict(pos="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu")])
+@pytest.mark.parametrize("arch", [dict(pos="rope"), dict(norm="rmsnorm"), dict(mlp="swiglu"), dict(mlp="relu2")])
 def test_export_refuses_what_gpt2_cannot_express(tmp_path, capsys, arch):
   model = GPT(GPTConfig(**TEST_SHAPE, **arch))
   tokenizer = gpt2()

@@ -68,8 +68,8 @@ def test_overfits_one_batch(arch):
   assert losses[-1] < 0.3 * losses[0], losses[::10]
 
 
-@pytest.mark.parametrize("switch", [dict(norm="rmsnorm"), dict(pos="rope"), dict(mlp="swiglu"), dict(bias=False)])
-def test_each_llama_switch_trains(switch):
+@pytest.mark.parametrize("switch", [dict(norm="rmsnorm"), dict(pos="rope"), dict(mlp="swiglu"), dict(bias=False), dict(mlp="relu2")])
+def test_each_llama_switch_trains(switch):  # and squared ReLU
   model = make_model(**switch)
   ids = random_ids((4, 17), 97, seed=2)
   losses = train_steps(model, ids[:, :-1], ids[:, 1:], 5)
@@ -119,6 +119,22 @@ def test_swiglu_matches_numpy():
   np.testing.assert_allclose(mlp(Tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_relu2_matches_numpy():
+  """Squared ReLU (--mlp relu2): relu(x W1^T + b1)^2 W2^T + b2, ungated, with GELU's hidden width mlp_ratio * n_embd."""
+  cfg = GPTConfig(**{**TEST_SHAPE, "mlp": "relu2", "mlp_ratio": 3.0})
+  mlp = MLP(cfg, proj_std=0.02)
+  assert cfg.mlp_hidden == 96 and mlp.c_gate is None
+  rng = np.random.default_rng(4)
+  mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias = (
+    Tensor(rng.normal(size=shape).astype(np.float32) * scale) for shape, scale in (((96, 32), 0.3), ((96,), 0.5), ((32, 96), 0.1), ((32,), 0.5)))
+  x = rng.normal(size=(2, 3, 32)).astype(np.float32)
+  w1, b1, w2, b2 = (t.numpy().astype(np.float64) for t in (mlp.c_fc.weight, mlp.c_fc.bias, mlp.c_proj.weight, mlp.c_proj.bias))
+  pre = x @ w1.T + b1
+  assert (pre < 0).mean() > 0.3 and (pre > 0).mean() > 0.3  # both branches of the ReLU
+  expected = np.maximum(pre, 0) ** 2 @ w2.T + b2
+  np.testing.assert_allclose(mlp(Tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_gpt2_initialisation():
   model = make_model(n_layer=4, n_embd=64)
   std = lambda t: float(t.numpy().std())
@@ -134,7 +150,8 @@ def test_head_is_tied_to_embedding():
   assert "wte.weight" in keys and not any("head" in k for k in keys)
 
 
-@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(norm="batchnorm"), dict(n_layer=0), dict(pos="rope", n_embd=6, n_head=2)])
+@pytest.mark.parametrize("bad", [dict(n_embd=30, n_head=4), dict(norm="batchnorm"), dict(n_layer=0), dict(pos="rope", n_embd=6, n_head=2),
+                                 dict(mlp="relu")])
 def test_impossible_configs_are_rejected(bad):
   with pytest.raises(ValueError):
     GPTConfig(**{**TEST_SHAPE, **bad})

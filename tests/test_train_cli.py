@@ -244,6 +244,19 @@ def test_llama_switches_from_the_command_line_and_a_resume_that_contradicts_them
   assert "resuming at step 2" in again.stdout and checkpoint.read_record(out).step == 3
 
 
+def test_mlp_relu2_from_the_command_line_and_an_unknown_mlp_refused(tmp_path):
+  """--mlp relu2 reaches the model's config as train.py passes its flags on (squared ReLU, ungated, GELU's hidden
+  width; tests/test_model.py and tests/kernels check its arithmetic); any other value is argparse's usage error."""
+  from aurora_tg import config
+  flags = {k: v for k, v in vars(train_script.parse_args(["--size", "tiny", "--mlp", "relu2"])).items() if v is not None and v is not False}
+  model = config.new_run("pretrain", flags, "CPU").model_config(512)
+  assert (model.mlp, model.mlp_hidden) == ("relu2", 4 * model.n_embd)
+  proc = train("--size", "tiny", "--mlp", "relu3", "--out", tmp_path / "o")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
+  usage_error = proc.stderr.strip().splitlines()[-1]
+  assert "argument --mlp: invalid choice: 'relu3'" in usage_error and all(c in usage_error for c in ("gelu", "swiglu", "relu2"))
+
+
 @pytest.mark.parametrize("eval_every, kept", [
   (3, 3),  # checkpoints at step 3 and then 6: the loss turns NaN in between
   (1, 3),  # an evaluation whose loss is NaN stops the run before its checkpoint replaces the last good one

@@ -20,6 +20,9 @@ def gelu(x: np.ndarray) -> np.ndarray:
   return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
+def relu2(x: np.ndarray) -> np.ndarray: return np.maximum(x, 0.0) ** 2  # squared ReLU
+
+
 def silu(x: np.ndarray) -> np.ndarray: return x * 0.5 * (1 + np.tanh(x / 2))  # sigmoid's tanh form: exp cannot overflow
 
 
@@ -70,5 +73,6 @@ def block(x: np.ndarray, p: dict[str, np.ndarray], n_head: int, norm: str, pos: 
   if pos == "rope": q, k = rope(q), rope(k)
   x = x + linear(causal_attention(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, C), "attn.c_proj")
   h = normed(x, "ln_2")
-  h = silu(linear(h, "mlp.c_gate")) * linear(h, "mlp.c_fc") if mlp == "swiglu" else gelu(linear(h, "mlp.c_fc"))
+  if mlp == "swiglu": h = silu(linear(h, "mlp.c_gate")) * linear(h, "mlp.c_fc")
+  else: h = (relu2 if mlp == "relu2" else gelu)(linear(h, "mlp.c_fc"))
   return x + linear(h, "mlp.c_proj")

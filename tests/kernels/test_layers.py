@@ -1,5 +1,5 @@
 """The transformer's layers, forward and gradient, on every backend and dtype: the norms, RoPE, causal attention, the
-embedding lookup, cross-entropy with ignored targets, both MLPs, and one whole block."""
+embedding lookup, cross-entropy with ignored targets, the three MLPs, and one whole block."""
 import numpy as np
 import pytest
 import reference as ref
@@ -89,10 +89,11 @@ def test_cross_entropy_ignores_targets(backend, dtype, rows, vocab, scale, seed)
   with on(backend): check(cross_entropy, ref.cross_entropy, [logits, targets], dtype, seed)
 
 
-@given(rows=SMALL_SIZES, dim=SIZES, hidden=SIZES, kind=st.sampled_from(["gelu", "swiglu"]), seed=SEEDS)
+@given(rows=SMALL_SIZES, dim=SIZES, hidden=SIZES, kind=st.sampled_from(["gelu", "swiglu", "relu2"]), seed=SEEDS)
 # pre-activations of scale ~1 (weights scaled by fan-in^-1/2), where GELU and SiLU curve
 @example(rows=3, dim=13, hidden=13, kind="gelu", seed=0)  # GPT-2's MLP
 @example(rows=3, dim=13, hidden=13, kind="swiglu", seed=0)  # LLaMA's gated MLP
+@example(rows=3, dim=13, hidden=13, kind="relu2", seed=0)  # squared ReLU (nanochat): 22 of the 39 pre-activations negative
 def test_mlp(backend, dtype, rows, dim, hidden, kind, seed):
   rng = np.random.default_rng(seed)
   x = normal(rng, rows, dim)
@@ -101,7 +102,8 @@ def test_mlp(backend, dtype, rows, dim, hidden, kind, seed):
   weights = [normal(rng, *shapes[n], scale=shapes[n][1] ** -0.5) for n in names]
   def reference(x, *weights):
     w = dict(zip(names, weights))
-    h = ref.silu(x @ w["c_gate.weight"].T) * (x @ w["c_fc.weight"].T) if kind == "swiglu" else ref.gelu(x @ w["c_fc.weight"].T)
+    if kind == "swiglu": h = ref.silu(x @ w["c_gate.weight"].T) * (x @ w["c_fc.weight"].T)
+    else: h = (ref.relu2 if kind == "relu2" else ref.gelu)(x @ w["c_fc.weight"].T)
     return h @ w["c_proj.weight"].T
   with on(backend):
     mlp = MLP(GPTConfig(n_embd=dim, n_head=1, mlp=kind, bias=False), proj_std=0.02)  # weights of any hidden width go in
@@ -109,14 +111,15 @@ def test_mlp(backend, dtype, rows, dim, hidden, kind, seed):
 
 
 ARCHITECTURES = {"gpt2": dict(norm="layernorm", pos="learned", mlp="gelu", bias=True),
-                 "llama": dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False)}
+                 "llama": dict(norm="rmsnorm", pos="rope", mlp="swiglu", bias=False),
+                 "nanochat": dict(norm="rmsnorm", pos="rope", mlp="relu2", bias=False)}  # squared ReLU in a whole block
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 @FEWER_EXAMPLES  # the first example of each strategy below is a typical shape, not the smallest
 @given(batch=st.sampled_from([2, 1]), length=st.sampled_from([5, 1, 2, 3, 7, 13]), heads=st.sampled_from([2, 1, 3]),
        head_size=st.sampled_from([4, 2, 6, 8, 16]), seed=SEEDS)
-@example(batch=2, length=5, heads=2, head_size=4, seed=0)  # a typical block, of both architectures (the parametrisation)
+@example(batch=2, length=5, heads=2, head_size=4, seed=0)  # a typical block, of each architecture (the parametrisation)
 def test_block(backend, arch, batch, length, heads, head_size, seed):
   """One whole block, gradients with respect to its input and every weight, in float32: every op in it is checked in
   float16 and bfloat16 above, and a block's backward compiles many kernels (a minute per low-precision dtype on PoCL)."""
