@@ -108,7 +108,7 @@ def main():
   p.add_argument("--expansions", default="4,8,16")
   p.add_argument("--optimizers", default="muon,aurora")
   p.add_argument("--steps", type=int, default=1000)
-  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--window", type=int, default=10, help="steps per leverage window")
   p.add_argument("--device")
   p.add_argument("--out", default="bench/results")
