@@ -131,18 +131,19 @@ def main():
   for i, (mlp, expansion) in enumerate(runs):
     for name in args.optimizers.split(","):
       results.append(train_one(name, mlp, expansion, data, tokenizer.n_vocab, args))
+    write_results(results, Path(args.out), f"{device}, {LAYERS} layers, width {WIDTH}, {args.steps} steps of "
+                  f"{args.batch_size}x{CONTEXT} tokens")  # after every setting: a stopped sweep keeps what it measured
     done = time.perf_counter() - started
     print(f"setting {i + 1}/{len(runs)} done | {done / 60:.1f} min | about {done / (i + 1) * (len(runs) - i - 1) / 60:.0f} min left", flush=True)
+  print(table(results))
+  print(f"wrote {Path(args.out) / 'optimizers.md'}, optimizers.json, optimizers.png and optimizers_leverage.png")
 
-  text = table(results)
-  print(text)
-  out = Path(args.out)
+
+def write_results(results: list[dict], out: Path, setting: str):
   out.mkdir(parents=True, exist_ok=True)
-  (out / "optimizers.md").write_text(f"{device}, {LAYERS} layers, width {WIDTH}, {args.steps} steps of "
-                                     f"{args.batch_size}x{CONTEXT} tokens\n\n{text}\n")
+  (out / "optimizers.md").write_text(f"{setting}\n\n{table(results)}\n")
   (out / "optimizers.json").write_text(json.dumps(results))
-  plot(results, out, f"{LAYERS} layers, width {WIDTH}, {device}")
-  print(f"wrote {out / 'optimizers.md'}, optimizers.png and optimizers_leverage.png")
+  plot(results, out, setting)
 
 
 if __name__ == "__main__":
