@@ -18,11 +18,12 @@ def parse_args(argv=None):
   p.add_argument("--repetition-penalty", type=float, default=1.1, help="divide the logits of tokens already used (1: off)")
   p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
   p.add_argument("--seed", type=int, help="make sampling reproducible")
+  p.add_argument("--quantize", help="float16 or int8: decode with quantized weights (fewer bytes read per token)")
   return p.parse_args(argv)
 
 
 def sampling_from(args):
-  from aurora_tg.generate import Sampling
+  from aurora_tg.sampling import Sampling
   if args.temperature < 0: raise UserError(f"--temperature must be 0 or more, got {args.temperature}")
   if args.top_k < 0: raise UserError(f"--top-k must be 0 or more, got {args.top_k}")
   if not 0 < args.top_p <= 1: raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
@@ -36,7 +37,7 @@ def run(args) -> int:
   sampling = sampling_from(args)
   device = devices.select_device(args.device)
   path = checkpoint.resolve(checkpoint.locate(args.checkpoint)) if args.checkpoint else checkpoint.newest()
-  model, tokenizer, record = checkpoint.load_model(path)
+  model, tokenizer, record = checkpoint.load_model(path, args.quantize)
   if args.complete is not None: return chat.complete(model, tokenizer, args.complete, sampling)
   session = chat.ChatSession(model, tokenizer, sampling, args.system)
   if args.prompt is not None: return chat.one_shot(session, args.prompt)

@@ -2,7 +2,8 @@
 import codecs, sys
 from typing import Iterator
 from aurora_tg import UserError
-from aurora_tg.generate import Generator, Sampling
+from aurora_tg.generate import Generator
+from aurora_tg.sampling import Sampling
 from aurora_tg.model import GPT
 from aurora_tg.tokenizer import Tokenizer, SPECIAL_TOKENS
 

@@ -1,6 +1,6 @@
 """Checkpoints: one safetensors file holding model weights, optimizer state and the run's record (RunRecord)."""
 import json, os, re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
@@ -8,6 +8,7 @@ from aurora_tg import UserError, config, devices, hf, hub, lora
 from aurora_tg.config import StageConfig
 from aurora_tg.files import read_safetensors, safetensors_header, write_atomically, write_safetensors
 from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.quantize import KINDS, quantize
 from aurora_tg.tokenizer import Tokenizer, gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -30,6 +31,7 @@ class RunRecord:
   wandb_id: str | None = None      # the Weights & Biases run a resumed run keeps logging to
   best_val_loss: float | None = None  # the lowest validation loss so far (--keep-best)
   data_position: dict | None = None   # where a sequential pass over the data is (--data-order sequential)
+  quantized: str | None = None        # float16 or int8: written by `python -m aurora_tg.export --quantize`, for inference
   version: int = FORMAT_VERSION
 
   @property
@@ -42,7 +44,7 @@ class RunRecord:
     return json.dumps({"version": self.version, "stage": self.stage, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
                        "run": self.run.to_dict(run_dir) if self.run else None, "step": self.step, "rng": self.rng,
                        "elapsed_s": self.elapsed_s, "wandb_id": self.wandb_id, "best_val_loss": self.best_val_loss,
-                       "data_position": self.data_position})
+                       "data_position": self.data_position, "quantized": self.quantized})
 
   @classmethod
   def from_json(cls, text: str, run_dir: str | Path) -> "RunRecord":
@@ -51,7 +53,7 @@ class RunRecord:
     if d["version"] > FORMAT_VERSION: raise UserError(f"record format {d['version']} is newer than this Aurora's ({FORMAT_VERSION}): update Aurora")
     run = config.from_dict(d["run"], run_dir) if d["run"] else None
     return cls(d["stage"], GPTConfig.from_dict(d["model"]), d["tokenizer"], run, d["step"], d["rng"], d["elapsed_s"], d["wandb_id"],
-               d.get("best_val_loss"), d.get("data_position"))
+               d.get("best_val_loss"), d.get("data_position"), d.get("quantized"))
 
 
 def _from_version_1(d: dict, run_dir: str | Path) -> RunRecord:
@@ -90,6 +92,13 @@ def save(run_dir: str | Path, model_state: dict[str, Tensor], optim_state: dict[
     link(path, path.with_name(f"checkpoint-{record.step:06d}.safetensors"))
     for old in sorted(path.parent.glob("checkpoint-*.safetensors"))[:-keep]: old.unlink()
   return path
+
+
+def save_quantized(run_dir: str | Path, model: GPT, tokenizer: Tokenizer, record: RunRecord, quantized: str) -> Path:
+  """A quantized model for inference, with its tokenizer and no optimizer state: load_model reads it as it is."""
+  Path(run_dir).mkdir(parents=True, exist_ok=True)
+  tokenizer.save(str(Path(run_dir) / TOKENIZER_NAME))
+  return save(run_dir, get_state_dict(model), {}, replace(record, quantized=quantized))
 
 
 def link(source: Path, target: Path):
@@ -176,9 +185,19 @@ def model_config(path: str | Path) -> GPTConfig:
   return hf.read_config(Path(path)) if hf.is_hf_folder(path) else read_record(path).model
 
 
-def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
+def load_model(path: str | Path, quantized: str | None = None) -> tuple[GPT, Tokenizer, RunRecord]:
   """A model ready for inference, with the tokenizer saved beside its checkpoint, and the run record. A Hugging Face
-  GPT-2 folder comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat tokens."""
+  GPT-2 folder comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat
+  tokens. quantized (float16 or int8): quantize the weights as they load (aurora_tg/quantize.py)."""
+  if quantized is None: return _load_model(path)
+  if quantized not in KINDS: raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {quantized!r}")
+  model, tokenizer, record = _load_model(path)
+  if record.quantized and record.quantized != quantized:
+    raise UserError(f"{path} is already quantized to {record.quantized}; it cannot become {quantized}")
+  return (model if record.quantized else quantize(model, quantized)), tokenizer, record
+
+
+def _load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   path = locate(path)
   if hf.is_hf_folder(path):
     spec = Path(path) / hf.TOKENIZER_NAME
@@ -189,8 +208,12 @@ def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   tokenizer = Tokenizer.load(str(resolve(path).parent / TOKENIZER_NAME))
   if tokenizer.fingerprint() != record.tokenizer:
     raise UserError(f"{resolve(path).parent / TOKENIZER_NAME} is not the tokenizer this checkpoint was trained with")
+  if record.quantized:  # an exported model for inference (adapters already folded in): the weights as saved
+    model = quantize(GPT(record.model), record.quantized)
+    copy_into(get_state_dict(model), weights, "quantized model weights")
+    return model, tokenizer, record
   if record.stage == "lora":  # an adapter file: load its base, add the adapters, fold them in
-    model, _, _ = load_model(record.lineage["base"])
+    model, _, _ = _load_model(record.lineage["base"])
     lora.add_adapters(model, record.run.lora)
     copy_into(lora.adapter_state(model), weights, "LoRA adapters")
     lora.merge_adapters(model)

@@ -145,6 +145,7 @@ def main(argv=None) -> int:
   p.add_argument("--max-tokens", type=int, help="bpb: the first N tokens of the source only")
   p.add_argument("--batch-size", type=int, default=8, help="items (hellaswag) or windows (bpb) per batch (default 8)")
   p.add_argument("--device", help="tinygrad backend (default: tinygrad's pick)")
+  p.add_argument("--quantize", help="float16 or int8: evaluate with quantized weights")
   args = p.parse_args(argv)
   try:
     if args.task not in ("hellaswag", "bpb"): raise UserError(f"unknown task {args.task!r}; choose hellaswag or bpb")
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     devices.select_device(args.device)
     source = hellaswag_path(args.data) if args.task == "hellaswag" else None
     if args.task == "bpb" and not args.data: raise UserError("--task bpb needs --data SOURCE: the text to measure")
-    model, tokenizer, _ = checkpoint.load_model(args.checkpoint)
+    model, tokenizer, _ = checkpoint.load_model(args.checkpoint, args.quantize)
     if args.task == "hellaswag":
       result = hellaswag(model, tokenizer, read_hellaswag(source, args.limit), args.batch_size, log=status)
       print(f"\nHellaSwag ({result['items']:,} items): acc {result['acc']:.4f} ± {result['acc_stderr']:.4f} | "

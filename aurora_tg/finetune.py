@@ -6,7 +6,8 @@ from aurora_tg.chat import stop_tokens, stream_text
 from aurora_tg.config import DistillConfig, LoRAStageConfig, SFTConfig
 from aurora_tg.data import TokenData
 from aurora_tg.prepare import token_data
-from aurora_tg.generate import Generator, Sampling
+from aurora_tg.generate import Generator
+from aurora_tg.sampling import Sampling
 from aurora_tg.model import GPT, IGNORE_INDEX, cross_entropy
 from aurora_tg.sft import ChatData, default_conversations, read_conversations
 from aurora_tg.tokenizer import Tokenizer

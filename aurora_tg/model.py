@@ -183,11 +183,20 @@ class Block:
     return x + self.mlp(self.ln_2(x))
 
 
+class TiedEmbedding(nn.Embedding):
+  """The token embedding, which is also the LM head (GPT-2 ties them)."""
+  def __init__(self, vocab_size: int, dim: int):  # nn.Embedding's lookup, GPT-2's initialisation
+    self.weight = Tensor.normal(vocab_size, dim, std=0.02)
+
+  def project(self, x: Tensor) -> Tensor:
+    """Hidden states (..., dim) -> logits (..., vocab)."""
+    return x @ self.weight.cast(x.dtype).T
+
+
 class GPT:
   def __init__(self, cfg: GPTConfig):
     self.cfg = cfg
-    self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-    self.wte.weight = Tensor.normal(cfg.vocab_size, cfg.n_embd, std=0.02)
+    self.wte = TiedEmbedding(cfg.vocab_size, cfg.n_embd)
     self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos == "learned" else None
     if self.wpe is not None: self.wpe.weight = Tensor.normal(cfg.block_size, cfg.n_embd, std=0.02)
     self.h = [Block(cfg) for _ in range(cfg.n_layer)]
@@ -196,9 +205,10 @@ class GPT:
     # dtype when the trainer sets bfloat16 or float16. Norms, softmax, GELU and the loss run in float32.
     self.compute_dtype = dtypes.float32
 
-  def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0) -> Tensor:
+  def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0, at=None) -> Tensor:
     """Token ids (B, T) -> logits (B, T, vocab). The LM head is tied to the token embedding.
-    With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable)."""
+    With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable).
+    With `at` (an int or a bound Variable), only the logits of that position of idx: (B, 1, vocab)."""
     T = idx.shape[1]
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
     x = self.wte(idx)
@@ -209,7 +219,8 @@ class GPT:
       cos, sin = rope_tables(self.cfg.head_dim, self.cfg.block_size)
       rope = (cos[start_pos:start_pos + T], sin[start_pos:start_pos + T])
     for i, block in enumerate(self.h): x = block(x, rope, caches[i] if caches else None, start_pos)
-    return self.ln_f(x) @ self.wte.weight.cast(x.dtype).T
+    if at is not None: x = x[:, at:at + 1]  # prefill needs the next token's logits alone
+    return self.wte.project(self.ln_f(x))
 
   def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
     """One preallocated (2, B, heads, block_size, head_dim) key/value buffer per layer, kept outside the model so

@@ -11,7 +11,8 @@ from aurora_tg.files import RunLock, remove_stale_temporaries
 from aurora_tg.data import MANIFEST, TokenData
 from aurora_tg.prepare import make_tokenizer, token_data
 from aurora_tg.sources import open_source
-from aurora_tg.generate import Generator, Sampling
+from aurora_tg.generate import Generator
+from aurora_tg.sampling import Sampling
 from aurora_tg.metrics import RunLog, new_wandb_id, require_wandb
 from aurora_tg.model import GPT, PRESETS, num_params
 from aurora_tg.tokenizer import Tokenizer

@@ -73,13 +73,13 @@ def main():
 
   def prefill():
     gen.cached = []  # forget the prompt, so it is computed again
-    gen.prefill(prompt[:prompt_len])
+    gen.choose(gen.prefill(prompt[:prompt_len]))  # the first token chosen on the device, as chat does
   prefill_s = timed(prefill, 5)
 
   steps = iter(range(10 ** 9))
   def decode():  # positions cycle through the second half of the context, all after the cached prompt
     position = prompt_len + next(steps) % (cfg.block_size - prompt_len)
-    gen.decode(prompt[position], position)
+    gen.choose(gen.decode(prompt[position], position))  # greedy on the device; only the token id comes back
   decode_s = timed(decode, args.tokens)
 
   # without a cache the best one can do is a jitted forward of the whole (padded) context per token

@@ -6,7 +6,7 @@ from tinygrad import Tensor, TinyJit
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError, checkpoint
 from aurora_tg.chat import ChatSession, fit_context, print_stream, stop_tokens
-from aurora_tg.generate import Sampling
+from aurora_tg.sampling import Sampling
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import SPECIAL_TOKENS, train_bpe
 import chat as chat_script
@@ -109,7 +109,7 @@ def test_a_second_turn_extends_the_first_and_reuses_its_cache(tokenizer):
   first = "".join(session.reply("hello cat"))
   first_prompt = fit_context(tokenizer, session.messages[:1], 64)
   starts, prefill = [], session.generator._prefill
-  session.generator._prefill = lambda tokens, start: starts.append(start.unbind()[1]) or prefill(tokens, start)
+  session.generator._prefill = lambda tokens, start, last: starts.append(start.unbind()[1]) or prefill(tokens, start, last)
   "".join(session.reply("and the dog?"))
   assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]
   assert session.messages[1]["content"] == first

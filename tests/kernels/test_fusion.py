@@ -12,7 +12,8 @@ from tinygrad import Tensor, GlobalCounters
 from tinygrad.codegen import to_program_cache
 from tinygrad.engine.realize import runtime_cache
 from aurora_tg.data import TokenData
-from aurora_tg.generate import Generator, Sampling
+from aurora_tg.generate import Generator
+from aurora_tg.sampling import Sampling
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
 from kernel_check import on
