@@ -13,7 +13,7 @@ from tinygrad.codegen import to_program_cache
 from tinygrad.engine.realize import runtime_cache
 from aurora_tg.data import TokenData
 from aurora_tg.generate import Generator
-from aurora_tg.sampling import Sampling
+from aurora_tg.sampling import Sampling, draw_keys
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
 from kernel_check import on
@@ -81,3 +81,23 @@ def test_generation_compiles_once_for_every_prompt_length(backend):
     ask("a one-token prompt", fresh(1))
     ask("a 16-token prompt filling the context: chunks at 0 and 8, nothing to decode", fresh(16))
   assert not recompiles, f"{backend}: generation compiled again (new programs, programs loaded on the device): {recompiles}"
+
+
+# kernels of one decoded token, SHAPE: the model's step (with the KV cache write), then choosing the token on the device
+# greedily and with every filter (penalty, temperature, top-k, top-p: the threshold searches are most of it)
+PINNED_DECODE = {"CPU": (37, 4, 43), "CL": (37, 4, 43)}
+
+
+def test_kernel_counts_of_a_decode_step(backend):
+  with on(backend):
+    Tensor.manual_seed(0)
+    model = GPT(GPTConfig(**SHAPE))
+    generator = Generator(model)
+    generator.start(Sampling(temperature=1.0, top_k=5, top_p=0.9), [1, 2, 3])
+    logits = generator.prefill([1, 2, 3])
+    token, keys = Tensor([[4]]).realize(), draw_keys([np.random.default_rng(0)]).realize()
+    measured = (kernels_of(lambda: model(token, generator.caches, 3)[:, -1]),
+                kernels_of(generator._choose, logits, keys, "greedy"), kernels_of(generator._choose, logits, keys, "filter"))
+  if backend not in PINNED_DECODE: pytest.skip(f"no decode kernel counts pinned for {backend}: measured {measured}")
+  assert measured == PINNED_DECODE[backend], f"{backend} decode kernel counts (model step, greedy choice, filtered " \
+    f"choice) are {measured}, pinned {PINNED_DECODE[backend]}: fusion changed; if intended, update PINNED_DECODE"
