@@ -86,12 +86,17 @@ def hf_config(cfg: GPTConfig, eot: int) -> dict:
           "tie_word_embeddings": True}
 
 
+def require_gpt2_layout(cfg: GPTConfig):
+  """Refuse what GPT-2's layout (and llama.cpp's gpt2 graph) cannot compute: any other kind, one added later too."""
+  gpt2_kinds = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}
+  used = [getattr(cfg, key) for key, value in gpt2_kinds.items() if getattr(cfg, key) != value]
+  if used: raise UserError(f"GPT-2's layout cannot express {', '.join(used)}; only GPT-2 architectures (layernorm, learned positions, gelu) export")
+
+
 def save(model: GPT, out: str | Path, tokenizer: Tokenizer):
   """Write the Hugging Face layout into the folder out; a model without biases gets zero ones, which GPT-2 needs."""
   cfg = model.cfg
-  gpt2_kinds = {"norm": "layernorm", "pos": "learned", "mlp": "gelu"}  # what GPT-2 computes: any other kind, one added later too, is refused
-  used = [getattr(cfg, key) for key, value in gpt2_kinds.items() if getattr(cfg, key) != value]
-  if used: raise UserError(f"GPT-2's layout cannot express {', '.join(used)}; only GPT-2 architectures (layernorm, learned positions, gelu) export")
+  require_gpt2_layout(cfg)
   tensors = {}
   for name, t in get_state_dict(model).items():
     tensors[name] = (t.T if name.endswith(CONV1D) else t).float().contiguous()
