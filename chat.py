@@ -19,6 +19,12 @@ def parse_args(argv=None):
   p.add_argument("--max-tokens", type=int, default=256, help="longest answer, in tokens")
   p.add_argument("--seed", type=int, help="make sampling reproducible")
   p.add_argument("--quantize", help="float16 or int8: decode with quantized weights (fewer bytes read per token)")
+  p.add_argument("--serve", action="store_true", help="serve an OpenAI-compatible API and a web chat page instead (the sampling "
+                 "flags become the defaults of requests that leave them out; --max-tokens bounds a request's max_tokens)")
+  p.add_argument("--host", default="127.0.0.1", help="address to serve on (another than this machine's needs --api-key)")
+  p.add_argument("--port", type=int, default=8000, help="port to serve on")
+  p.add_argument("--api-key", help="require this key (Authorization: Bearer KEY) on every API request")
+  p.add_argument("--slots", type=int, default=8, help="requests decoded together; more wait, up to as many again")
   return p.parse_args(argv)
 
 
@@ -35,9 +41,15 @@ def sampling_from(args):
 def run(args) -> int:
   from aurora_tg import chat, checkpoint, devices  # import tinygrad after parsing, so --help stays instant
   sampling = sampling_from(args)
+  if args.serve:
+    from aurora_tg import serve
+    serve.check(args.host, args.api_key, args.slots)
   device = devices.select_device(args.device)
   path = checkpoint.resolve(checkpoint.locate(args.checkpoint)) if args.checkpoint else checkpoint.newest()
   model, tokenizer, record = checkpoint.load_model(path, args.quantize)
+  if args.serve:
+    name = checkpoint.run_folder(path).name
+    return serve.serve(model, tokenizer, name, sampling, args.host, args.port, args.api_key, args.slots)
   if args.complete is not None: return chat.complete(model, tokenizer, args.complete, sampling)
   session = chat.ChatSession(model, tokenizer, sampling, args.system)
   if args.prompt is not None: return chat.one_shot(session, args.prompt)

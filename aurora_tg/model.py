@@ -132,13 +132,41 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
   return (x1 * cos - x2 * sin).cat(x2 * cos + x1 * sin, dim=-1).cast(x.dtype)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-  """softmax(q k^T / sqrt(d) + causal mask) v, with q's positions the last q.shape[2] of k's."""
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = None) -> Tensor:
+  """softmax(q k^T / sqrt(d) + causal mask) v, with q's positions the last q.shape[2] of k's, or, given `visible`
+  (broadcastable to the scores, True where a query may see a key), with that mask instead."""
   Tq, Tk = q.shape[2], k.shape[2]
   scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+  if visible is not None: scores = visible.where(scores, float("-inf"))
   # a single query is the newest position and sees every key: no mask, which lets Tk stay symbolic when decoding
-  if Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool", device=scores.device).tril(Tk - Tq).where(scores, float("-inf"))
+  elif Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool", device=scores.device).tril(Tk - Tq).where(scores, float("-inf"))
   return stored(softmax(scores)) @ v
+
+
+@dataclass(frozen=True)
+class Rows:
+  """Where each row of a batch is, when the rows are separate requests (batched serving): row b's T tokens go to
+  positions starts[b].., of which only the first lengths[b] are real (0: the row is left as it is)."""
+  starts: Tensor   # (B,) int32
+  lengths: Tensor  # (B,) int32
+
+  def positions(self, T: int) -> Tensor:
+    return self.starts.unsqueeze(1) + Tensor.arange(T, dtype=dtypes.int32).to(self.starts.device)  # (B, T)
+
+  def write(self, cache: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Write each row's real keys and values (B, H, T, D) into the cache (2, B, H, block, D) at its positions and
+    return the whole cache. A one-hot matmul places them: each row's offset differs, so no slice can."""
+    B, T, block = k.shape[0], k.shape[2], cache.shape[3]
+    offset = Tensor.arange(block, dtype=dtypes.int32).to(k.device).unsqueeze(0) - self.starts.unsqueeze(1)  # (B, block)
+    inside = ((offset >= 0) & (offset < self.lengths.unsqueeze(1))).reshape(1, B, 1, block, 1)
+    place = (offset.unsqueeze(-1) == Tensor.arange(T, dtype=dtypes.int32).to(k.device)).cast(k.dtype).reshape(1, B, 1, block, T)
+    cache.assign(inside.where(place @ Tensor.stack(k, v), cache))
+    return cache
+
+  def visible(self, T: int, block: int) -> Tensor:
+    """(B, 1, T, block): a token sees the keys at and before its own position (older requests' leftovers never)."""
+    keys = Tensor.arange(block, dtype=dtypes.int32).to(self.starts.device)
+    return (keys.reshape(1, 1, block) <= self.positions(T).unsqueeze(-1)).unsqueeze(1)
 
 
 class Attention:
@@ -152,10 +180,14 @@ class Attention:
     B, T, C = x.shape
     q, k, v = [t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=-1)]
     if rope is not None: q, k = stored(apply_rope(q, *rope)), stored(apply_rope(k, *rope))
-    if cache is not None:
+    visible = None
+    if isinstance(start_pos, Rows):
+      cache = start_pos.write(cache, k, v)
+      k, v, visible = cache[0], cache[1], start_pos.visible(T, cache.shape[3])
+    elif cache is not None:
       cache[:, :, :, start_pos:start_pos + T].assign(Tensor.stack(k, v))
       k, v = cache[0, :, :, :start_pos + T], cache[1, :, :, :start_pos + T]
-    y = causal_attention(q, k, v)
+    y = causal_attention(q, k, v, visible)
     return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -207,19 +239,25 @@ class GPT:
 
   def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0, at=None) -> Tensor:
     """Token ids (B, T) -> logits (B, T, vocab). The LM head is tied to the token embedding.
-    With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable).
-    With `at` (an int or a bound Variable), only the logits of that position of idx: (B, 1, vocab)."""
-    T = idx.shape[1]
+    With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable), or
+    at each row's own positions (Rows). With `at` (an int or a bound Variable; with Rows, a (B,) tensor), only the
+    logits of that position of idx: (B, 1, vocab)."""
+    B, T = idx.shape
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
     x = self.wte(idx)
-    if self.wpe is not None: x = x + self.wpe.weight[start_pos:start_pos + T]
+    # with Rows, padding past the context reads the last position's table entries; it is never written or seen
+    positions = start_pos.positions(T).clip(0, self.cfg.block_size - 1) if isinstance(start_pos, Rows) else None
+    if self.wpe is not None: x = x + (self.wpe(positions) if positions is not None else self.wpe.weight[start_pos:start_pos + T])
     x = x.cast(self.compute_dtype)
     rope = None
     if self.cfg.pos == "rope":  # built inside the graph rather than stored, so the tables never enter the state dict
       cos, sin = rope_tables(self.cfg.head_dim, self.cfg.block_size)
-      rope = (cos[start_pos:start_pos + T], sin[start_pos:start_pos + T])
+      if positions is not None: rope = (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
+      else: rope = (cos[start_pos:start_pos + T], sin[start_pos:start_pos + T])
     for i, block in enumerate(self.h): x = block(x, rope, caches[i] if caches else None, start_pos)
-    if at is not None: x = x[:, at:at + 1]  # prefill needs the next token's logits alone
+    # prefill needs the next token's logits alone
+    if isinstance(at, Tensor): x = (at.reshape(B, 1, 1) == Tensor.arange(T).to(x.device).reshape(1, T, 1)).where(x, 0).sum(1, keepdim=True)
+    elif at is not None: x = x[:, at:at + 1]
     return self.wte.project(self.ln_f(x))
 
   def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
