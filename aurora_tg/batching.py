@@ -92,7 +92,8 @@ class Engine:
 
   def submit(self, request: Request):
     with self.wake:
-      if len(self.queue) >= self.max_waiting:
+      if self.stopping: raise Busy("the server is shutting down")
+      if sum(not r.cancelled for r in self.queue) >= self.max_waiting:
         raise Busy(f"the server is busy: all {len(self.slots)} slots are decoding and {len(self.queue)} requests wait; retry later")
       self.queue.append(request)
       self.wake.notify()
@@ -111,7 +112,12 @@ class Engine:
     while True:
       with self.wake:
         while not self.queue and not any(self.slots) and not self.stopping: self.wake.wait()
-        if self.stopping: return
+        if self.stopping:  # nobody is left waiting for an answer that will not come
+          for slot, request in enumerate(self.slots):
+            if request is not None: self._finish(slot, "error: the server is shutting down")
+          for request in self.queue: request.emit(None, "error: the server is shutting down")
+          self.queue.clear()
+          return
         joining = []
         while self.queue and len(joining) < self.slots.count(None):
           request = self.queue.popleft()

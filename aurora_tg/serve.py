@@ -1,7 +1,7 @@
 """`python chat.py --serve`: an OpenAI-compatible HTTP API (models, chat completions, text completions; streamed as
 server-sent events or not) and a web chat page, over the batched engine (aurora_tg/batching.py). FastAPI and
 uvicorn (the `serve` extra) do HTTP; this module maps the OpenAI protocol onto Aurora's tokens and sampling."""
-import asyncio, codecs, hmac, json, threading, time, uuid
+import asyncio, codecs, hmac, json, math, threading, time, uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from aurora_tg import UserError
@@ -42,7 +42,7 @@ class Job:
 def number(body: dict, name: str, default, kind=float, low=None, high=None, low_open=False):
   value = body.get(name)
   if value is None: return default
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (kind is int and value != int(value)):
     raise ApiError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
   if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
     raise ApiError(400, f"{name} must be {'above' if low_open else 'at least'} {low}{f' and at most {high}' if high is not None else ''}, got {value}", name)
@@ -68,16 +68,17 @@ class Protocol:
     except (ValueError, UnicodeDecodeError) as e: raise ApiError(400, f"the request body is not valid JSON: {e}") from None
     if not isinstance(body, dict): raise ApiError(400, "the request body must be a JSON object")
     for name, value in body.items():
-      if name in NEUTRAL and value not in (NEUTRAL[name], None): raise ApiError(400, f"{name}={value!r} is not supported by this server", name, "unsupported_parameter")
+      off = value is None or value == NEUTRAL.get(name) or (NEUTRAL.get(name) is None and not value)  # logprobs: false is off too
+      if name in NEUTRAL and not off: raise ApiError(400, f"{name}={value!r} is not supported by this server", name, "unsupported_parameter")
       if name not in NEUTRAL and name not in FIELDS[kind]: raise ApiError(400, f"unknown or unsupported parameter {name!r}", name, "unsupported_parameter")
     if body.get("model") != self.name: raise ApiError(404, f"the model {body.get('model')!r} does not exist; this server has {self.name!r}", "model", "model_not_found")
     d = self.defaults
     limit = d.max_tokens
     max_tokens = number(body, "max_completion_tokens", None, int, 1, limit)
     max_tokens = number(body, "max_tokens", max_tokens or (limit if kind == "chat" else min(16, limit)), int, 1, limit)
-    seed = number(body, "seed", None, int)
+    seed = number(body, "seed", None, int, 0, 2 ** 63 - 1)
     sampling = replace(d, temperature=number(body, "temperature", d.temperature, float, 0, 2),
-                       top_p=number(body, "top_p", d.top_p, float, 0, 1, low_open=True), top_k=number(body, "top_k", d.top_k, int, 0),
+                       top_p=number(body, "top_p", d.top_p, float, 0, 1, low_open=True), top_k=number(body, "top_k", d.top_k, int, 0, self.tokenizer.n_vocab),
                        repetition_penalty=number(body, "repetition_penalty", d.repetition_penalty, float, 0, low_open=True),
                        max_tokens=max_tokens, seed=seed if seed is not None else d.seed)
     stops = body.get("stop") or []
@@ -142,11 +143,14 @@ def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
   async def guard(request: HttpRequest, call_next):
     if request.url.path.startswith("/v1/"):
       if api_key is not None:
-        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), api_key.encode()):
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
           return error(ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key"))
       if int(request.headers.get("content-length") or 0) > MAX_BODY:
         return error(ApiError(413, f"the request body is over {MAX_BODY} bytes"))
+      # a JSON body only: a web page on another site can send text/plain to localhost without asking, not JSON
+      if request.method == "POST" and not request.headers.get("content-type", "").startswith("application/json"):
+        return error(ApiError(415, "the request body must be JSON (Content-Type: application/json)"))
     return await call_next(request)
 
   @app.get("/", response_class=HTMLResponse)
@@ -165,24 +169,28 @@ def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
     request = Request(job.ids, job.sampling, protocol.stop_ids, lambda t, f: loop.call_soon_threadsafe(queue.put_nowait, (t, f)))
     engine.submit(request)
     try:
-      while True:
+      for count in range(1 << 62):
         try: item = await asyncio.wait_for(queue.get(), timeout=1.0)
-        except asyncio.TimeoutError:
-          if await http.is_disconnected(): return
-          continue
+        except asyncio.TimeoutError: item = None
+        # a client that left frees its slot: checked while waiting, and every 16 tokens
+        if (item is None or count % 16 == 15) and await http.is_disconnected(): return
+        if item is None: continue
         yield item
         if item[0] is None: return
     finally: request.cancelled = True
 
   async def complete(http: HttpRequest, kind: str):
     try:
-      raw = await http.body()
-      if len(raw) > MAX_BODY: raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
+      raw = b""
+      async for part in http.stream():  # counted as it arrives: a body without Content-Length is bounded too
+        raw += part
+        if len(raw) > MAX_BODY: raise ApiError(413, f"the request body is over {MAX_BODY} bytes")
       job = protocol.parse(raw, kind)
       stream = tokens(job, http)
       first = await anext(stream)  # submits now, so a busy server answers 429 before any stream begins
     except ApiError as e: return error(e)
     except Busy as e: return error(ApiError(429, str(e), code="server_busy", kind="rate_limit_error"))
+    except StopAsyncIteration: return error(ApiError(499, "the client closed the request"))  # nobody reads it
     ident, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     text, produced = StopText(protocol.tokenizer, job.stops), 0
 
@@ -254,7 +262,7 @@ def serve(model, tokenizer: Tokenizer, name: str, defaults: Sampling, host: str,
   print(f"compiling the batched decode step for {slots} slots (tinygrad caches it for the next start) ...", flush=True)
   engine.warm_up()
   app = create_app(engine, Protocol(tokenizer, model.cfg.block_size, name, defaults), api_key)
-  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
   server.install_signal_handlers = lambda: None  # in a thread; the main thread's handlers stop the engine instead
   web = threading.Thread(target=server.run, name="aurora-http", daemon=True)
   web.start()

@@ -162,6 +162,14 @@ def test_errors_get_their_status_and_an_error_body(server):
   assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
   r = httpx.post(base + "/v1/completions", content=json.dumps({"model": "served", "prompt": "x" * (2 << 20)}), headers=auth)
   assert r.status_code == 413 and r.json()["error"]["message"]
+  chunked = iter([b'{"model": "served", "prompt": "', b"x" * (2 << 20), b'"}'])  # no Content-Length to go by
+  assert httpx.post(base + "/v1/completions", content=chunked, headers=auth).status_code == 413
+  r = httpx.post(base + "/v1/completions", content=b'{"model": "served", "prompt": "a", "temperature": NaN}', headers=auth)
+  assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
+  with pytest.raises(openai.BadRequestError) as e: ask(client, "x", seed=-1)
+  assert e.value.body["param"] == "seed"
+  r = httpx.post(base + "/v1/completions", content=json.dumps({"model": "served", "prompt": "a"}), headers={**auth, "Content-Type": "text/plain"})
+  assert r.status_code == 415  # what a foreign web page could send to localhost without a preflight
 
 
 def test_a_long_conversation_is_trimmed_as_the_terminal_chat_does(server):
