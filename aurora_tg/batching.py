@@ -9,7 +9,7 @@ import collections, threading
 from dataclasses import dataclass, field, replace
 from typing import Callable
 import numpy as np
-from tinygrad import Tensor, TinyJit, dtypes
+from tinygrad import Context, Tensor, TinyJit, dtypes
 from aurora_tg.model import GPT, Rows
 from aurora_tg.sampling import MODES, Sampling, sample
 
@@ -32,8 +32,8 @@ class Request:
 
 class BatchDecoder:
   """The device side: the shared cache and the sampler's per-slot state, and one jitted step per (width, mode)."""
-  def __init__(self, model: GPT, slots: int, chunk: int = 32):
-    self.model, self.slots, self.block = model, slots, model.cfg.block_size
+  def __init__(self, model: GPT, slots: int, chunk: int = 32, beam: int = 0):
+    self.model, self.slots, self.block, self.beam = model, slots, model.cfg.block_size, beam
     self.chunk = max(1, min(chunk, self.block))
     self.caches = model.new_kv_caches(slots)
     self.params = Tensor.zeros(slots, 4).contiguous().realize()
@@ -66,8 +66,9 @@ class BatchDecoder:
     """Feed each slot lengths[s] tokens at positions starts[s]..; the next token of every slot (meaningful where
     sampled[s]: its input ended there)."""
     step = self._steps[(tokens.shape[1], mode)]
-    return step(Tensor(tokens.astype(np.int32)), Tensor(starts.astype(np.int32)), Tensor(lengths.astype(np.int32)),
-                Tensor(sampled), Tensor(keys)).numpy()
+    with Context(BEAM=self.beam):  # the kernel search (Generator's beam) happens as the step compiles
+      return step(Tensor(tokens.astype(np.int32)), Tensor(starts.astype(np.int32)), Tensor(lengths.astype(np.int32)),
+                  Tensor(sampled), Tensor(keys)).numpy()
 
 
 def widest_mode(requests: list[Request]) -> str:
@@ -80,8 +81,8 @@ class Engine:
   """Runs requests: between decode steps, waiting requests take free slots; at most `waiting` requests wait, and one
   more is refused (Busy) rather than queued forever. Other threads submit; run() decodes in the thread that loaded
   the model, because tinygrad is used from one thread (its kernel cache's database connection is that thread's)."""
-  def __init__(self, model: GPT, slots: int = 8, waiting: int | None = None):
-    self.decoder = BatchDecoder(model, slots)
+  def __init__(self, model: GPT, slots: int = 8, waiting: int | None = None, beam: int = 0):
+    self.decoder = BatchDecoder(model, slots, beam=beam)
     self.slots: list[Request | None] = [None] * slots
     self.params = np.zeros((slots, 4), np.float32)
     self.queue: collections.deque[Request] = collections.deque()

@@ -33,9 +33,9 @@ def fit_context(tokenizer: Tokenizer, messages: list[dict], budget: int) -> list
 
 
 class ChatSession:
-  def __init__(self, model: GPT, tokenizer: Tokenizer, sampling: Sampling, system: str | None = None):
+  def __init__(self, model: GPT, tokenizer: Tokenizer, sampling: Sampling, system: str | None = None, beam: int = 0):
     self.tokenizer, self.sampling, self.system = tokenizer, sampling, system
-    self.generator = Generator(model)
+    self.generator = Generator(model, beam=beam)
     self.stop = stop_tokens(tokenizer)
     # the answer keeps at least half the context (or max_tokens, if smaller); older turns make way for it
     self.prompt_budget = model.cfg.block_size - min(sampling.max_tokens, model.cfg.block_size // 2)
@@ -129,9 +129,9 @@ def one_shot(session: ChatSession, question: str | None) -> int:
   return 0 if print_stream(session.reply(question.strip())) else 130
 
 
-def complete(model: GPT, tokenizer: Tokenizer, text: str, sampling: Sampling) -> int:
+def complete(model: GPT, tokenizer: Tokenizer, text: str, sampling: Sampling, beam: int = 0) -> int:
   """--complete: continue raw text, the way a base model is used."""
   ids = tokenizer.encode(text)[-(model.cfg.block_size - 1):]
   if not ids: raise UserError("--complete needs some text to continue")
   print(text, end="", flush=True)
-  return 0 if print_stream(stream_text(Generator(model), tokenizer, ids, sampling, {tokenizer.eot})) else 130
+  return 0 if print_stream(stream_text(Generator(model, beam=beam), tokenizer, ids, sampling, {tokenizer.eot})) else 130

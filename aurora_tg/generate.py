@@ -2,7 +2,7 @@
 on the device (aurora_tg/sampling.py)."""
 from typing import Iterator
 import numpy as np
-from tinygrad import Tensor, TinyJit, Variable, dtypes
+from tinygrad import Context, Tensor, TinyJit, Variable, dtypes
 from aurora_tg.model import GPT
 from aurora_tg.sampling import MODES, Sampling, draw_keys, sample
 
@@ -11,9 +11,13 @@ class Generator:
   """Owns the KV cache of one conversation stream. Prefill runs fixed-size chunks and decode single tokens, each
   under TinyJit with the position passed as a symbolic variable, so one compiled kernel set serves every position
   and prompt length. The cache remembers which tokens it holds: a follow-up prompt that extends them (the next
-  chat turn) only prefills its new tokens."""
-  def __init__(self, model: GPT, prefill_chunk: int = 32):
+  chat turn) only prefills its new tokens.
+
+  beam > 0 has tinygrad search that many kernel variants per step kernel as it compiles them (BEAM): minutes on a
+  CPU the first time, remembered in tinygrad's cache after, and decoding several times faster (README, bench/decode.py)."""
+  def __init__(self, model: GPT, prefill_chunk: int = 32, beam: int = 0):
     self.model, self.block_size, vocab = model, model.cfg.block_size, model.cfg.vocab_size
+    self.beam = beam
     self.caches = model.new_kv_caches(1)
     self.chunk = max(1, min(prefill_chunk, self.block_size // 2))
     self.chunk_start = Variable("chunk_start", 0, self.block_size - self.chunk)
@@ -46,7 +50,7 @@ class Generator:
 
   def choose(self, logits: Tensor) -> int:
     """The next token from logits (1, vocab) on the device, by the settings start() gave; only its id is copied."""
-    return int(self._samplers[self.sampling.mode](logits, draw_keys([self.rng])).numpy()[0])
+    with Context(BEAM=self.beam): return int(self._samplers[self.sampling.mode](logits, draw_keys([self.rng])).numpy()[0])
 
   def prefill(self, ids: list[int]) -> Tensor:
     """Fill the cache with ids (reusing the prefix it already holds); the logits (1, vocab) for the next token, on the device."""
@@ -60,8 +64,9 @@ class Generator:
       chunk = ids[start:start + self.chunk]
       # padding only writes cache positions past the prompt, which decoding overwrites before it reads them; the LM
       # head runs for the chunk's last real position alone
-      logits = self._prefill(Tensor([chunk + [0] * (self.chunk - len(chunk))]), self.chunk_start.bind(start),
-                             self.chunk_last.bind(len(chunk) - 1))
+      with Context(BEAM=self.beam):
+        logits = self._prefill(Tensor([chunk + [0] * (self.chunk - len(chunk))]), self.chunk_start.bind(start),
+                               self.chunk_last.bind(len(chunk) - 1))
       done = start + len(chunk)
       self.cached = ids[:done]
     return logits
@@ -69,7 +74,7 @@ class Generator:
   def decode(self, token: int, position: int) -> Tensor:
     """Feed the token at `position` (right after the cached ones); the logits (1, vocab) for the next token, on the device."""
     self.cached = self.cached[:position]
-    logits = self._decode(Tensor([[token]]), self.position.bind(position))
+    with Context(BEAM=self.beam): logits = self._decode(Tensor([[token]]), self.position.bind(position))
     self.cached.append(token)
     return logits
 

@@ -254,11 +254,11 @@ def check(host: str, api_key: str | None, slots: int):
   if slots < 1: raise UserError(f"--slots must be at least 1, got {slots}")
 
 
-def serve(model, tokenizer: Tokenizer, name: str, defaults: Sampling, host: str, port: int, api_key: str | None, slots: int):
+def serve(model, tokenizer: Tokenizer, name: str, defaults: Sampling, host: str, port: int, api_key: str | None, slots: int, beam: int = 0):
   """Serve until Ctrl-C or SIGTERM: uvicorn answers HTTP in a thread, and this thread decodes (Engine.run)."""
   import uvicorn
   check(host, api_key, slots)
-  engine = Engine(model, slots)
+  engine = Engine(model, slots, beam=beam)
   print(f"compiling the batched decode step for {slots} slots (tinygrad caches it for the next start) ...", flush=True)
   engine.warm_up()
   app = create_app(engine, Protocol(tokenizer, model.cfg.block_size, name, defaults), api_key)

@@ -1,108 +1,166 @@
-"""Generation speed: prefill tokens/s, decode tokens/s with the KV cache, and decode without it (every new token
-recomputes the whole sequence), for one preset with random weights, measured in one run. When PyTorch and Hugging
-Face transformers are importable, their GPT2LMHeadModel in the same shapes is the baseline.
+"""Decoding speed, in one run, on one model (random weights in a preset's shape, saved once and loaded by each):
+Aurora in float32, float16 and int8; Hugging Face transformers (PyTorch, float32) on the same weights when it is
+importable; llama.cpp (llama-cpp-python) on the model exported as GGUF (float32 and q8_0) when it is installed.
+Each decodes greedily with a KV cache after a prompt of half the context. Prints tokens/s, the weight bytes read
+per second, each engine against transformers, and the time a fresh process takes to its first token.
 
-  python bench/decode.py --size small [--prompt-len N] [--tokens N] [--device CPU]
+  python bench/decode.py [--size small|gpt2] [--tokens 32] [--device CL] [--no-cold] [--beam 2]
 """
-import argparse, sys, time
+import argparse, os, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 
-def timed(fn, repeats: int) -> float:
-  fn(); fn()  # compile, then let TinyJit capture
+def make_run(folder: Path, size: str) -> Path:
+  """A checkpoint of the preset with random weights: GPT-2's tokenizer for GPT-2's shapes, else a BPE of the
+  preset's vocabulary trained on the default corpus (GGUF export needs a real tokenizer)."""
+  from tinygrad import Tensor
+  from tinygrad.nn.state import get_state_dict
+  from aurora_tg import checkpoint
+  from aurora_tg.model import GPT, GPTConfig, PRESETS
+  from aurora_tg.sources import default_corpus
+  from aurora_tg.tokenizer import gpt2, train_bpe
+  shape = PRESETS[size]
+  tokenizer = train_bpe(default_corpus()[:2000], shape["vocab_size"]) if "vocab_size" in shape else gpt2()
+  Tensor.manual_seed(0)
+  model = GPT(GPTConfig(**{**shape, "vocab_size": tokenizer.n_vocab}))
+  run = folder / size
+  checkpoint.save(run, get_state_dict(model), {}, checkpoint.RunRecord("pretrain", model.cfg, tokenizer.fingerprint()))
+  tokenizer.save(str(run / checkpoint.TOKENIZER_NAME))
+  return run
+
+
+def timed_tokens(step, first, tokens: int) -> float:
+  """Seconds per token of `tokens` greedy steps after two untimed ones (compiling, then TinyJit's capture)."""
+  token = step(step(first))
   start = time.perf_counter()
-  for _ in range(repeats): fn()
-  return (time.perf_counter() - start) / repeats
+  for _ in range(tokens): token = step(token)
+  return (time.perf_counter() - start) / tokens
 
 
-def transformers_times(cfg, prompt: list[int], prompt_len: int, tokens: int) -> tuple[str, float, float] | None:
-  """Hugging Face GPT-2 with random weights in float32 (as Aurora decodes): (name, prefill s, decode s per token) of
-  a greedy decode with its KV cache, each token's argmax waited for as a sampler must; None without the packages."""
-  try:
-    import torch, transformers
+def aurora(run: Path, kind: str | None, prompt: list[int], tokens: int, beam: int) -> dict:
+  from aurora_tg import checkpoint
+  from aurora_tg.generate import Generator
+  from aurora_tg.quantize import weight_bytes
+  model, _, _ = checkpoint.load_model(run, kind)
+  gen, n = Generator(model, beam=beam), len(prompt)
+  first = gen.choose(gen.prefill(prompt))
+  position = [n]
+
+  def step(token):  # positions wrap within the second half of the context, all after the prompt
+    p = position[0] = n + (position[0] + 1 - n) % (model.cfg.block_size - n)
+    return gen.choose(gen.decode(token, p))
+  start = time.perf_counter()
+  step(step(first))  # compiles (and searches, with beam) here
+  searched = f", BEAM={beam}: {time.perf_counter() - start:.0f} s to compile and search" if beam else ""
+  return {"engine": f"Aurora {kind or 'float32'}{searched}", "s": timed_tokens(step, first, tokens), "bytes": weight_bytes(model)}
+
+
+def transformers_engine(folder: Path, prompt: list[int], tokens: int) -> dict | None:
+  try: import torch, transformers
   except ImportError: return None
-  device = "cuda" if torch.cuda.is_available() else "cpu"
-  torch.manual_seed(0)
-  config = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head)
-  model = transformers.GPT2LMHeadModel(config).to(device).eval()
-  ids = torch.tensor([prompt[:prompt_len]], device=device)
-
-  def prefill():
-    out = model(ids, use_cache=True)
-    return out.past_key_values, out.logits[:, -1:].argmax(-1)
-
-  def decode():  # the timed tokens follow the prompt, as Aurora's do
-    cache, token = prefill()
-    if device == "cuda": torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(tokens):
-      out = model(token, past_key_values=cache, use_cache=True)
-      cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
-      token.item()
-    return time.perf_counter() - start
-
+  model = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
   with torch.inference_mode():
-    prefill_s = timed(lambda: prefill()[1].item(), 5)
-    decode(); decode_s = decode() / tokens
-  return f"transformers {transformers.__version__} ({device})", prefill_s, decode_s
+    out = model(torch.tensor([prompt]), use_cache=True)
+    state = {"cache": out.past_key_values}
+
+    def step(token):  # a fresh prefill when the context fills; greedy, the argmax waited for as a sampler must
+      if state["cache"].get_seq_length() >= model.config.n_positions - 1: state["cache"] = model(torch.tensor([prompt]), use_cache=True).past_key_values
+      out = model(torch.tensor([[token]]), past_key_values=state["cache"], use_cache=True)
+      state["cache"] = out.past_key_values
+      return int(out.logits[0, -1].argmax())
+    seconds = timed_tokens(step, int(out.logits[0, -1].argmax()), tokens)
+  return {"engine": f"transformers {transformers.__version__} float32 ({torch.get_num_threads()} threads)", "s": seconds,
+          "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+
+
+def llama_engine(path: Path, label: str, prompt: list[int], tokens: int, block: int) -> dict | None:
+  try: from llama_cpp import Llama
+  except ImportError: return None
+  llm = Llama(model_path=str(path), n_ctx=block, n_threads=os.cpu_count(), logits_all=True, verbose=False)
+  llm.eval(prompt)
+
+  def step(token):
+    if llm.n_tokens >= block - 1:
+      llm.reset()
+      llm.eval(prompt)
+    llm.eval([token])
+    return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+  return {"engine": f"llama.cpp {label} ({os.cpu_count()} threads)", "s": timed_tokens(step, int(np.argmax(llm.scores[len(prompt) - 1])), tokens),
+          "bytes": path.stat().st_size}
+
+
+def shown(result: dict | None) -> dict | None:
+  if result: print(f"  {result['engine']}: {result['s'] * 1e3:.1f} ms/token", flush=True)
+  return result
+
+
+def cold_start(command: list[str], env: dict | None = None) -> float:
+  """Wall seconds for a fresh process to load the model and produce one token."""
+  start = time.perf_counter()
+  subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+  return time.perf_counter() - start
 
 
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--size", default="small")
-  p.add_argument("--prompt-len", type=int, help="default: half the context")
-  p.add_argument("--tokens", type=int, default=16, help="decode steps to time")
-  p.add_argument("--prefill-chunk", type=int, default=32)
-  p.add_argument("--device")
+  p.add_argument("--tokens", type=int, default=32, help="decode steps to time per engine")
+  p.add_argument("--device", help="tinygrad backend for Aurora")
+  p.add_argument("--no-cold", action="store_true", help="skip the fresh-process times")
+  p.add_argument("--beam", type=int, default=0, help="Aurora's kernel search (chat.py --beam), timed on its own")
   args = p.parse_args()
-
-  from tinygrad import Tensor, TinyJit
-  from aurora_tg import devices
-  from aurora_tg.generate import Generator
-  from aurora_tg.model import GPT, GPTConfig, PRESETS
+  from aurora_tg import devices, checkpoint, hf
+  from aurora_tg.export import main as export
   device = devices.select_device(args.device)
-  cfg = GPTConfig(**{"vocab_size": 50261, **PRESETS[args.size]})  # GPT-2 presets use GPT-2's vocabulary + chat tokens
-  prompt_len = args.prompt_len or cfg.block_size // 2
-  Tensor.manual_seed(0)
-  model = GPT(cfg)
-  prompt = np.random.default_rng(0).integers(0, cfg.vocab_size, size=cfg.block_size).tolist()
-  gen = Generator(model, args.prefill_chunk)
-
-  def prefill():
-    gen.cached = []  # forget the prompt, so it is computed again
-    gen.choose(gen.prefill(prompt[:prompt_len]))  # the first token chosen on the device, as chat does
-  prefill_s = timed(prefill, 5)
-
-  steps = iter(range(10 ** 9))
-  def decode():  # positions cycle through the second half of the context, all after the cached prompt
-    position = prompt_len + next(steps) % (cfg.block_size - prompt_len)
-    gen.choose(gen.decode(prompt[position], position))  # greedy on the device; only the token id comes back
-  decode_s = timed(decode, args.tokens)
-
-  # without a cache the best one can do is a jitted forward of the whole (padded) context per token
-  full = TinyJit(lambda ids: model(ids)[0].realize())
-  def recompute(): full(Tensor([prompt])).numpy()
-  recompute_s = timed(recompute, max(3, args.tokens // 4))
-
-  print(f"preset {args.size} ({cfg.n_layer} layers, width {cfg.n_embd}, context {cfg.block_size}, vocabulary {cfg.vocab_size}) "
-        f"on {device}; prompt {prompt_len} tokens, prefill chunks of {gen.chunk}")
-  print("| phase | ms | tokens/s | vs decode without cache |\n|---|---|---|---|")
-  rows = [("prefill (per prompt)", prefill_s, prompt_len / prefill_s), ("decode, KV cache", decode_s, 1 / decode_s),
-          ("decode, full recompute", recompute_s, 1 / recompute_s)]
-  for name, seconds, rate in rows:
-    print(f"| {name} | {seconds * 1e3:.1f} | {rate:,.0f} | {rate * recompute_s:.1f}x |")
-
-  baseline = transformers_times(cfg, prompt, prompt_len, args.tokens)
-  if baseline is None:
-    print("PyTorch or transformers is not importable: no baseline (pip install torch transformers)")
-    return
-  name, hf_prefill_s, hf_decode_s = baseline
-  print(f"\n| phase | Aurora ms | {name} ms | Aurora speed vs transformers |\n|---|---|---|---|")
-  for phase, ours, theirs in (("prefill (per prompt)", prefill_s, hf_prefill_s), ("decode, KV cache (per token)", decode_s, hf_decode_s)):
-    print(f"| {phase} | {ours * 1e3:.1f} | {theirs * 1e3:.1f} | {theirs / ours:.2f}x |")
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = Path(tmp)
+    run = make_run(tmp, args.size)
+    model, tokenizer, _ = checkpoint.load_model(run)
+    cfg = model.cfg
+    hf.save(model, tmp / "hf", tokenizer)
+    del model
+    prompt = np.random.default_rng(0).integers(0, tokenizer.eot, size=cfg.block_size // 2).tolist()
+    print(f"preset {args.size}: {cfg.n_layer} layers, width {cfg.n_embd}, context {cfg.block_size}, vocabulary {cfg.vocab_size}; "
+          f"Aurora on {device}; greedy decoding after a {len(prompt)}-token prompt, {args.tokens} tokens timed", flush=True)
+    results = [shown(aurora(run, kind, prompt, args.tokens, args.beam)) for kind in (None, "float16", "int8")]
+    results.append(shown(transformers_engine(tmp / "hf", prompt, args.tokens)))
+    for kind, label in ((None, "float32"), ("int8", "q8_0")):
+      gguf = tmp / f"{label}.gguf"
+      with open(os.devnull, "w") as quiet:
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout = sys.stderr = quiet
+        try: export([str(run), str(gguf)] + (["--quantize", kind] if kind else []))
+        finally: sys.stdout, sys.stderr = stdout, stderr
+      results.append(shown(llama_engine(gguf, label, prompt, args.tokens, cfg.block_size)))
+    missing = [name for name, r in (("transformers", results[3]), ("llama-cpp-python", results[4])) if r is None]
+    results = [r for r in results if r is not None]
+    base = next((r for r in results if r["engine"].startswith("transformers")), None)
+    print(f"\n| engine | ms/token | tokens/s | weights (MB) | weight GB/s | vs transformers |\n|---|---|---|---|---|---|")
+    for r in results:
+      vs = f"{base['s'] / r['s']:.2f}x" if base else "-"
+      print(f"| {r['engine']} | {r['s'] * 1e3:.1f} | {1 / r['s']:.1f} | {r['bytes'] / 1e6:.0f} | {r['bytes'] / r['s'] / 1e9:.2f} | {vs} |")
+    q8 = next((r for r in results if "q8_0" in r["engine"]), None)
+    if q8: print(f"\nAurora int8 reaches {q8['s'] / results[2]['s']:.2f}x llama.cpp q8_0's tokens/s")
+    if missing: print(f"not importable here (no row): {', '.join(missing)}")
+    if args.no_cold: return
+    text, dev = tokenizer.decode(prompt[:16]), ["--device", args.device] if args.device else []
+    chat = [sys.executable, "chat.py", "--checkpoint", str(run), "--complete", text, "--max-tokens", "1", "--temperature", "0"] + dev
+    searched = ["--beam", str(args.beam)] if args.beam else []  # the search's results come from tinygrad's cache
+    rows = [(f"Aurora float32, kernels cached{' (searched)' if args.beam else ''}", cold_start(chat + searched)),
+            ("Aurora float32, first run ever (CACHELEVEL=0, no search)", cold_start(chat, {"CACHELEVEL": "0"})),
+            (f"Aurora int8, kernels cached{' (searched)' if args.beam else ''}", cold_start(chat + ["--quantize", "int8"] + searched))]
+    if base:
+      code = f"import torch, transformers; m = transformers.GPT2LMHeadModel.from_pretrained({str(tmp / 'hf')!r}); m(torch.tensor([{prompt[:16]}])).logits[0, -1].argmax().item()"
+      rows.append(("transformers float32", cold_start([sys.executable, "-c", code])))
+    if q8:
+      code = f"from llama_cpp import Llama; l = Llama({str(tmp / 'q8_0.gguf')!r}, n_ctx={cfg.block_size}, verbose=False); l.eval({prompt[:16]}); l.scores[15].argmax()"
+      rows.append(("llama.cpp q8_0", cold_start([sys.executable, "-c", code])))
+    print("\n| fresh process to its first token (16-token prompt) | seconds |\n|---|---|")
+    for name, seconds in rows: print(f"| {name} | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

@@ -80,3 +80,17 @@ def test_prefill_near_the_end_of_the_context_matches_full_forward():
   seq = ids[:14]
   while len(seq) <= 16: seq.append(int(full(seq)[len(seq) - 1].argmax()))
   assert Generator(model).generate(ids[:14], Sampling(temperature=0, max_tokens=10)) == seq[14:]
+
+
+def test_kernel_search_is_asked_for_as_the_steps_compile(monkeypatch):
+  """beam > 0 reaches tinygrad's BEAM search for the prefill, decode and sampler kernels. The search itself is
+  tinygrad's, and a real one takes 90 s even at this shape here, so the test watches it being called and lets it
+  keep each kernel as it is."""
+  from tinygrad.codegen.opt import search
+  model = GPT(GPTConfig(**{**TEST_SHAPE, "n_layer": 1}))
+  prompt, s = [3, 1, 4, 1, 5], Sampling(temperature=0, max_tokens=4)
+  plain = Generator(model).generate(prompt, s)
+  searched = []
+  monkeypatch.setattr(search, "beam_search", lambda kernel, rawbufs, var_vals, amount, *a, **kw: searched.append(amount) or kernel)
+  assert Generator(model, beam=3).generate(prompt, s) == plain
+  assert len(searched) >= 10 and set(searched) == {3}
