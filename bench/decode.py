@@ -47,14 +47,14 @@ def aurora(run: Path, kind: str | None, prompt: list[int], tokens: int, beam: in
   from aurora_tg.quantize import weight_bytes
   model, _, _ = checkpoint.load_model(run, kind)
   gen, n = Generator(model, beam=beam), len(prompt)
+  start = time.perf_counter()
   first = gen.choose(gen.prefill(prompt))
   position = [n]
 
   def step(token):  # positions wrap within the second half of the context, all after the prompt
     p = position[0] = n + (position[0] + 1 - n) % (model.cfg.block_size - n)
     return gen.choose(gen.decode(token, p))
-  start = time.perf_counter()
-  step(step(first))  # compiles (and searches, with beam) here
+  step(step(first))  # prefill and decode compile (and, with beam, search) by here
   searched = f", BEAM={beam}: {time.perf_counter() - start:.0f} s to compile and search" if beam else ""
   return {"engine": f"Aurora {kind or 'float32'}{searched}", "s": timed_tokens(step, first, tokens), "bytes": weight_bytes(model)}
 

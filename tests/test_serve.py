@@ -180,7 +180,7 @@ def test_a_long_conversation_is_trimmed_as_the_terminal_chat_does(server):
   assert r.usage.prompt_tokens <= BLOCK - 10  # the oldest turns made way
 
 
-@pytest.mark.parametrize("flags, fragment", [(["--host", "0.0.0.0"], "--api-key"), (["--slots", "0"], "--slots")])
+@pytest.mark.parametrize("flags, fragment", [(["--host", "0.0.0.0"], "--api-key"), (["--slots", "0"], "--slots"), (["--beam", "-1"], "--beam")])
 def test_unsafe_or_impossible_servers_are_refused(flags, fragment):
   proc = run_main(chat_script.main, ["--serve", *flags, "--checkpoint", "does-not-matter"])
   assert_one_line_error(proc, fragment)
