@@ -1,7 +1,7 @@
 """`python chat.py --serve`: an OpenAI-compatible HTTP API (models, chat completions, text completions; streamed as
 server-sent events or not) and a web chat page, over the batched engine (aurora_tg/batching.py). FastAPI and
 uvicorn (the `serve` extra) do HTTP; this module maps the OpenAI protocol onto Aurora's tokens and sampling."""
-import asyncio, codecs, hmac, json, math, threading, time, uuid
+import asyncio, codecs, hmac, itertools, json, math, threading, time, uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from aurora_tg import UserError
@@ -136,6 +136,7 @@ def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
   from fastapi import FastAPI, Request as HttpRequest
   from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
   app = FastAPI(title="Aurora", docs_url=None, redoc_url=None, openapi_url=None)
+  page_html = PAGE.read_text()
 
   def error(e: ApiError): return JSONResponse(e.body, status_code=e.status)
 
@@ -154,7 +155,7 @@ def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
     return await call_next(request)
 
   @app.get("/", response_class=HTMLResponse)
-  def page(): return PAGE.read_text()
+  def page(): return page_html
 
   @app.get("/v1/models")
   def models(): return {"object": "list", "data": [{"id": protocol.name, "object": "model", "created": 0, "owned_by": "aurora"}]}
@@ -169,7 +170,7 @@ def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
     request = Request(job.ids, job.sampling, protocol.stop_ids, lambda t, f: loop.call_soon_threadsafe(queue.put_nowait, (t, f)))
     engine.submit(request)
     try:
-      for count in range(1 << 62):
+      for count in itertools.count():
         try: item = await asyncio.wait_for(queue.get(), timeout=1.0)
         except asyncio.TimeoutError: item = None
         # a client that left frees its slot: checked while waiting, and every 16 tokens
@@ -256,8 +257,7 @@ def check(host: str, api_key: str | None, slots: int):
 
 def serve(model, tokenizer: Tokenizer, name: str, defaults: Sampling, host: str, port: int, api_key: str | None, slots: int, beam: int = 0):
   """Serve until Ctrl-C or SIGTERM: uvicorn answers HTTP in a thread, and this thread decodes (Engine.run)."""
-  import uvicorn
-  check(host, api_key, slots)
+  import uvicorn  # chat.py ran check() before loading the model
   engine = Engine(model, slots, beam=beam)
   print(f"compiling the batched decode step for {slots} slots (tinygrad caches it for the next start) ...", flush=True)
   engine.warm_up()

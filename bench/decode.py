@@ -139,7 +139,7 @@ def main():
     missing = [name for name, r in (("transformers", results[3]), ("llama-cpp-python", results[4])) if r is None]
     results = [r for r in results if r is not None]
     base = next((r for r in results if r["engine"].startswith("transformers")), None)
-    print(f"\n| engine | ms/token | tokens/s | weights (MB) | weight GB/s | vs transformers |\n|---|---|---|---|---|---|")
+    print("\n| engine | ms/token | tokens/s | weights (MB) | weight GB/s | vs transformers |\n|---|---|---|---|---|---|")
     for r in results:
       vs = f"{base['s'] / r['s']:.2f}x" if base else "-"
       print(f"| {r['engine']} | {r['s'] * 1e3:.1f} | {1 / r['s']:.1f} | {r['bytes'] / 1e6:.0f} | {r['bytes'] / r['s'] / 1e9:.2f} | {vs} |")

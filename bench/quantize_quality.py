@@ -7,7 +7,6 @@
 """
 import argparse, sys
 from pathlib import Path
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 KINDS = (None, "float16", "int8")

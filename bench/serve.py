@@ -10,22 +10,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def make_run(folder: Path, size: str) -> Path:
-  """A checkpoint of the preset with random weights, and a BPE trained on the default corpus."""
-  from tinygrad.nn.state import get_state_dict
-  from aurora_tg import checkpoint
-  from aurora_tg.model import GPT, GPTConfig, PRESETS
-  from aurora_tg.sources import default_corpus
-  from aurora_tg.tokenizer import gpt2, train_bpe
-  shape = PRESETS[size]
-  tokenizer = train_bpe(default_corpus()[:2000], shape["vocab_size"]) if "vocab_size" in shape else gpt2()
-  model = GPT(GPTConfig(**{**shape, "vocab_size": tokenizer.n_vocab}))
-  run = folder / size
-  checkpoint.save(run, get_state_dict(model), {}, checkpoint.RunRecord("sft", model.cfg, tokenizer.fingerprint()))
-  tokenizer.save(str(run / checkpoint.TOKENIZER_NAME))
-  return run
+from decode import make_run  # bench/decode.py's: the preset's shape with random weights, saved as a run
 
 
 def client_round(client, clients: int, requests: int, tokens: int) -> tuple[float, list[float], int]:

@@ -46,12 +46,12 @@ def tokenizer():
   return train_bpe([sample_text()], 300)
 
 
-def make_model(tokenizer) -> GPT:
+def make_model(tokenizer, block_size: int = 64) -> GPT:
   """Random weights that make greedy answers worth comparing. GPT-2's small initialisation mostly repeats the last
   token, which in a chat prompt is <|assistant|>, so most answers would be empty; weights of std 0.3 give answers that
   depend on the prompt. Tokens that are not whole UTF-8 characters get zero embeddings (so logit 0, which some of
   the other random logits always beat): answers are readable text, which tells different answers apart."""
-  model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": 64}))
+  model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": block_size}))
   rng = np.random.default_rng(0)
   partial = [i for i in range(tokenizer.eot) if "\ufffd" in tokenizer.decode([i])]  # decoded with errors="replace"
   for name, t in get_state_dict(model).items():

@@ -1,18 +1,13 @@
 """`python chat.py --serve` as clients see it: a live server in its own process on a free port, driven by the
 official openai package (raw HTTP only where no client would send it: broken JSON, an oversized body) and by a real
 headless Chromium for the web page. Answers are checked against greedy decoding recomputed here in full."""
-import json, os, shutil, socket, subprocess, sys, threading, time
-from pathlib import Path
-import numpy as np
+import json, shutil, socket, subprocess, sys, threading, time
 import pytest
-from tinygrad import Tensor
-from tinygrad.nn.state import get_state_dict
 from aurora_tg.chat import stop_tokens
-from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import train_bpe
 import chat as chat_script
-from conftest import ROOT, TEST_SHAPE, run_main, sample_text
-from test_chat import greedy_tokens, save_run
+from conftest import ROOT, run_main, sample_text
+from test_chat import greedy_tokens, make_model, save_run
 from test_train_cli import assert_one_line_error
 
 openai = pytest.importorskip("openai")
@@ -21,16 +16,6 @@ httpx = pytest.importorskip("httpx")
 KEY, MAX_TOKENS, BLOCK = "test-key-123", 40, 128
 QUESTIONS = ["the cat sat", "a bird sang on a mat", "dogs ran past the café", "naïve cat", "the mat", "while dogs ran",
              "🙂 and a bird", "sat on a mat while"]
-
-
-def make_model(tokenizer) -> GPT:
-  """Random weights of std 0.3 (as test_chat's), which give answers that depend on the prompt, in a context long
-  enough that an answer runs for a while."""
-  model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": BLOCK}))
-  rng = np.random.default_rng(1)
-  for name, t in get_state_dict(model).items():
-    t.assign(Tensor(rng.standard_normal(t.shape).astype(np.float32) * 0.3 + (1.0 if "ln_" in name and name.endswith("weight") else 0.0))).realize()
-  return model
 
 
 def free_port() -> int:
@@ -43,7 +28,7 @@ def free_port() -> int:
 def server(tmp_path_factory):
   """The server process, with greedy defaults (so the web page's answers are deterministic) and an API key."""
   tokenizer = train_bpe([sample_text()], 300)
-  model = make_model(tokenizer)
+  model = make_model(tokenizer, BLOCK)  # a context long enough that an answer runs for a while
   run = save_run(tmp_path_factory.mktemp("serve") / "served", model, tokenizer, "sft")
   port = free_port()
   proc = subprocess.Popen([sys.executable, "chat.py", "--serve", "--checkpoint", str(run), "--port", str(port), "--api-key", KEY,
