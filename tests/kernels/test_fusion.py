@@ -15,6 +15,7 @@ from aurora_tg.data import TokenData
 from aurora_tg.generate import Generator
 from aurora_tg.sampling import Sampling, draw_keys
 from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.quantize import quantize
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
 from kernel_check import on
 
@@ -101,3 +102,18 @@ def test_kernel_counts_of_a_decode_step(backend):
   if backend not in PINNED_DECODE: pytest.skip(f"no decode kernel counts pinned for {backend}: measured {measured}")
   assert measured == PINNED_DECODE[backend], f"{backend} decode kernel counts (model step, greedy choice, filtered " \
     f"choice) are {measured}, pinned {PINNED_DECODE[backend]}: fusion changed; if intended, update PINNED_DECODE"
+
+
+@pytest.mark.parametrize("kind", ["float16", "int8"])
+def test_quantized_weights_add_no_kernels_to_a_decode_step(backend, kind):
+  """float16 weights convert, and int8 ones scale by their group, as the matmul loads them: no pass of their own."""
+  with on(backend):
+    Tensor.manual_seed(0)
+    model = GPT(GPTConfig(**SHAPE))
+    plain, quantized = Generator(model), Generator(quantize(GPT(GPTConfig(**SHAPE)), kind))
+    counts = []
+    for generator in (plain, quantized):
+      generator.start(Sampling(temperature=0), [1, 2, 3])
+      generator.prefill([1, 2, 3])
+      counts.append(kernels_of(lambda: generator.model(Tensor([[4]]), generator.caches, 3)[:, -1]))
+  assert counts[1] == counts[0], f"{backend}: {kind} weights take {counts[1]} kernels per decoded token, float32 {counts[0]}"
