@@ -1,4 +1,4 @@
-import contextlib, io, os, subprocess, sys, tempfile
+import atexit, contextlib, io, os, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
 # Tests run on tinygrad's CPU backend unless DEV picks another; token caches go to a throwaway folder.
@@ -6,7 +6,9 @@ from pathlib import Path
 # in AURORA_USER_DEV for pytest-xdist's workers, which inherit the DEV=CPU set here and must not read it as a choice.
 USER_DEV = os.environ.setdefault("AURORA_USER_DEV", os.environ.get("DEV", "")) or None
 os.environ.setdefault("DEV", "CPU")
-os.environ.setdefault("AURORA_CACHE", tempfile.mkdtemp(prefix="aurora-test-cache-"))
+if "AURORA_CACHE" not in os.environ:  # made by the first process (xdist's workers inherit it) and removed as it exits
+  os.environ["AURORA_CACHE"] = tempfile.mkdtemp(prefix="aurora-test-cache-")
+  atexit.register(shutil.rmtree, os.environ["AURORA_CACHE"], ignore_errors=True)
 ROOT = Path(__file__).resolve().parents[1]
 if (ROOT.parent / "shared" / "tiktoken_cache").is_dir():  # offline machines keep GPT-2's BPE there
   os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tiktoken_cache"))
