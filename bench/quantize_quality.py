@@ -1,7 +1,10 @@
 """What weight-only quantization costs in quality, on trained models (`python train.py` writes both):
 - the validation loss of the pretrained model (its corpus's held-out shards) in float32, float16 and int8;
 - the greedy answers of the chat model to its held-out questions: the share of answer tokens float16 and int8
-  reproduce at the same position as float32 (over the longer of the two answers, so a shorter one counts as a miss).
+  reproduce at the same position as float32 (over the longer of the two answers, so a shorter one counts as a miss);
+  one changed token changes the rest of its answer, so this also counts every token after a near-tie flips;
+- the share of float32's answer tokens each model predicts as its top token when fed float32's answer so far (as
+  llama.cpp's `perplexity --kl-divergence` reports "same top"): quantization's error, without the cascade.
 
   python bench/quantize_quality.py [--pretrain runs/small] [--chat runs/small-sft] [--questions 40] [--device CL]
 """
@@ -47,6 +50,16 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]]) -> list[list[int]
   return [generator.generate(p, Sampling(temperature=0, max_tokens=48), stop_tokens(tokenizer)) for p in prompts]
 
 
+def same_top_token(model, prompts: list[list[int]], reference: list[list[int]]) -> float:
+  """The share of reference answer tokens that are the model's top token given the prompt and the answer before them."""
+  from tinygrad import Tensor
+  same = total = 0
+  for prompt, answer in zip(prompts, reference):
+    logits = model(Tensor([prompt + answer[:-1]]))[0, len(prompt) - 1:].argmax(-1).numpy()
+    same, total = same + int((logits == answer).sum()), total + len(answer)
+  return same / max(1, total)
+
+
 def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
   same = sum(sum(a == b for a, b in zip(r, o)) for r, o in zip(reference, other))
   return same / max(1, sum(max(len(r), len(o)) for r, o in zip(reference, other)))
@@ -69,17 +82,18 @@ def main():
     losses[kind] = validation_loss(model, tokenizer, folder)
   print(f"\n{args.pretrain}: validation loss over its held-out shards\n| weights | loss | vs float32 |\n|---|---|---|")
   for kind, loss in losses.items(): print(f"| {kind or 'float32'} | {loss:.4f} | {100 * (loss / losses[None] - 1):+.3f}% |")
-  answers = {}
+  answers, top = {}, {}
   for kind in KINDS:
     model, tokenizer, _ = checkpoint.load_model(args.chat, kind)
     prompts = held_out_prompts(tokenizer, model.cfg.block_size, args.questions)
     answers[kind] = greedy_answers(model, tokenizer, prompts)
+    top[kind] = same_top_token(model, prompts, answers[None])
   n_tokens = sum(len(a) for a in answers[None])
   print(f"\n{args.chat}: greedy answers to {len(prompts)} held-out questions ({n_tokens} float32 answer tokens)\n"
-        "| weights | tokens as float32's | answers identical |\n|---|---|---|")
+        "| weights | tokens as float32's | answers identical | same top token, fed float32's answer |\n|---|---|---|---|")
   for kind in KINDS[1:]:
     same = sum(a == b for a, b in zip(answers[None], answers[kind]))
-    print(f"| {kind} | {100 * agreement(answers[None], answers[kind]):.1f}% | {same}/{len(prompts)} |")
+    print(f"| {kind} | {100 * agreement(answers[None], answers[kind]):.1f}% | {same}/{len(prompts)} | {100 * top[kind]:.2f}% |")
 
 
 if __name__ == "__main__":
