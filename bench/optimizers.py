@@ -5,9 +5,11 @@ learning rates (matrix optimizers 0.05 with decay 0.025; AdamW beside them at th
 
 Per run it records the loss against steps and wall time, per-layer neuron death by leverage (a neuron is dead when
 its share of the update stays below a fraction of uniform for consecutive windows; see aurora_tg/diagnostics.py),
-the neurons never active on a probe batch, and the time per step. It writes bench/results/optimizers.md (the table,
-and Aurora's step time over Muon's, measured in the same run), optimizers.json, optimizers.png (loss curves against
-steps and time) and optimizers_leverage.png (leverage histograms at the end).
+the neurons never active on a probe batch, and the time per step. Step times come from a timing phase after a
+setting's runs, in which the trained models take turns one step at a time: timed back to back instead, a whole run
+apart, their ratio drifted with the machine's load (+25% for one setting that measures +8% interleaved). It writes
+bench/results/optimizers.md (the table, and Aurora's step time over Muon's), optimizers.json, optimizers.png (loss
+curves against steps and time) and optimizers_leverage.png (leverage histograms at the end).
 
   python bench/optimizers.py                     # the sweep: about an hour on a 2-core CPU
   python bench/optimizers.py --quick             # one small setting, a minute: checks the bench runs
@@ -22,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 WIDTH, LAYERS, HEADS, CONTEXT = 64, 2, 4, 64  # small enough for 18 runs of 1,000 steps in about an hour here
 
 
-def train_one(optimizer: str, mlp: str, expansion: float, data, vocab_size: int, args) -> dict:
+def train_one(optimizer: str, mlp: str, expansion: float, data, vocab_size: int, args) -> tuple[dict, object]:
+  """One optimizer's run of a setting -> (its result, its trainer, kept for the timing phase)."""
   from tinygrad import Tensor
   from aurora_tg.config import DEFAULTS, TrainSettings
   from aurora_tg.model import GPT, GPTConfig
@@ -33,12 +36,11 @@ def train_one(optimizer: str, mlp: str, expansion: float, data, vocab_size: int,
   Tensor.manual_seed(0)
   model = GPT(cfg)
   trainer = Trainer(model, data, settings, build_optimizer(model, settings))
-  curve, dead, step_times, clock = [], [], [], 0.0
+  curve, dead, clock = [], [], 0.0
   for step in range(args.steps):
     start = time.perf_counter()
     loss, _ = trainer.train_step()
-    took = time.perf_counter() - start
-    if step >= 2: step_times.append(took); clock += took  # the first steps compile: kept off the wall-time axis
+    if step >= 2: clock += time.perf_counter() - start  # the first steps compile: kept off the wall-time axis
     curve.append((step + 1, clock, loss))
     if (step + 1) % args.window == 0:
       report = trainer.watch.report()
@@ -50,7 +52,19 @@ def train_one(optimizer: str, mlp: str, expansion: float, data, vocab_size: int,
   never_active = trainer.watch.never_active()
   return {"optimizer": optimizer, "mlp": mlp, "expansion": expansion, "hidden": cfg.mlp_hidden, "curve": curve,
           "val_loss": val_loss, "dead": dead[-1], "max_dead": max(max(d) for d in dead), "never_active": never_active,
-          "leverage": [lev.tolist() for lev in trainer.watch.leverage], "ms_per_step": 1e3 * float(np.median(step_times))}
+          "leverage": [lev.tolist() for lev in trainer.watch.leverage]}, trainer
+
+
+def interleaved_ms_per_step(trainers: list, steps: int) -> list[float]:
+  """The median step time of each trainer, the trainers taking turns one step at a time so that a change in the
+  machine's load falls on all of them alike."""
+  times = [[] for _ in trainers]
+  for _ in range(steps):
+    for trainer, took in zip(trainers, times):
+      start = time.perf_counter()
+      trainer.train_step()
+      took.append(time.perf_counter() - start)
+  return [1e3 * float(np.median(t)) for t in times]
 
 
 def table(results: list[dict]) -> str:
@@ -109,6 +123,7 @@ def main():
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--window", type=int, default=10, help="steps per leverage window")
+  p.add_argument("--timing-steps", type=int, default=100, help="steps per optimizer in each setting's timing phase")
   p.add_argument("--device")
   p.add_argument("--out", default="bench/results")
   args = p.parse_args()
@@ -129,8 +144,9 @@ def main():
   started = time.perf_counter()
   results = []
   for i, (mlp, expansion) in enumerate(runs):
-    for name in args.optimizers.split(","):
-      results.append(train_one(name, mlp, expansion, data, tokenizer.n_vocab, args))
+    trained = [train_one(name, mlp, expansion, data, tokenizer.n_vocab, args) for name in args.optimizers.split(",")]
+    for (result, _), ms in zip(trained, interleaved_ms_per_step([trainer for _, trainer in trained], args.timing_steps)):
+      results.append(result | {"ms_per_step": ms})
     write_results(results, Path(args.out), f"{device}, {LAYERS} layers, width {WIDTH}, {args.steps} steps of "
                   f"{args.batch_size}x{CONTEXT} tokens")  # after every setting: a stopped sweep keeps what it measured
     done = time.perf_counter() - started
