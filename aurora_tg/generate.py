@@ -4,7 +4,7 @@ from typing import Iterator
 import numpy as np
 from tinygrad import Context, Tensor, TinyJit, Variable, dtypes
 from aurora_tg.model import GPT
-from aurora_tg.sampling import MODES, Sampling, draw_keys, sample
+from aurora_tg.sampling import MODES, Sampling, key_rows, sample
 
 
 class Generator:
@@ -23,13 +23,19 @@ class Generator:
     self.chunk_start = Variable("chunk_start", 0, self.block_size - self.chunk)
     self.chunk_last = Variable("chunk_last", 0, self.chunk - 1)
     self.position = Variable("start_pos", 1, self.block_size - 1)
-    self._prefill, self._decode = TinyJit(self._forward), TinyJit(self._forward)
+    # A decoded token and the sampler's key enter the jits as bound variables, not as tensors made from host values:
+    # tinygrad schedules a copy for each new input tensor, which cost more per token than the small preset's model.
+    self.token = Variable("token", 0, vocab - 1)
+    self.key = tuple(Variable(f"key_{half}", 0, 2 ** 32 - 1, dtype=dtypes.uint32) for half in ("lo", "hi"))
+    self._prefill = TinyJit(self._forward)
+    self._decode = TinyJit(lambda token, start_pos: self._forward(Tensor(token).cast(dtypes.int32).reshape(1, 1), start_pos))
     self.cached: list[int] = []  # the tokens whose keys and values the cache holds, from position 0
     # the sampler's per-request state lives on the device, so a decode step sends the host one token id back
     self.params = Tensor.zeros(1, 4).contiguous().realize()
     self.seen = Tensor.zeros(1, vocab, dtype=dtypes.bool).contiguous().realize()
     self.vocab = Tensor.arange(vocab).unsqueeze(0).realize()
-    self._samplers = {mode: TinyJit(lambda logits, keys, mode=mode: self._choose(logits, keys, mode)) for mode in MODES}
+    self._samplers = {mode: TinyJit(lambda logits, lo, hi, mode=mode: self._choose(logits, Tensor.stack(Tensor(lo), Tensor(hi)).reshape(1, 2), mode))
+                      for mode in MODES}  # the key's two uint32 halves become the (1, 2) key tensor sample() takes
     self.start(Sampling(temperature=0))
 
   def _forward(self, tokens: Tensor, start_pos, at=None) -> Tensor:
@@ -50,7 +56,8 @@ class Generator:
 
   def choose(self, logits: Tensor) -> int:
     """The next token from logits (1, vocab) on the device, by the settings start() gave; only its id is copied."""
-    with Context(BEAM=self.beam): return int(self._samplers[self.sampling.mode](logits, draw_keys([self.rng])).numpy()[0])
+    key = (half.bind(int(value)) for half, value in zip(self.key, key_rows([self.rng])[0]))
+    with Context(BEAM=self.beam): return int(self._samplers[self.sampling.mode](logits, *key).numpy()[0])
 
   def prefill(self, ids: list[int]) -> Tensor:
     """Fill the cache with ids (reusing the prefix it already holds); the logits (1, vocab) for the next token, on the device."""
@@ -74,7 +81,7 @@ class Generator:
   def decode(self, token: int, position: int) -> Tensor:
     """Feed the token at `position` (right after the cached ones); the logits (1, vocab) for the next token, on the device."""
     self.cached = self.cached[:position]
-    with Context(BEAM=self.beam): logits = self._decode(Tensor([[token]]), self.position.bind(position))
+    with Context(BEAM=self.beam): logits = self._decode(self.token.bind(token), self.position.bind(position))
     self.cached.append(token)
     return logits
 

@@ -91,6 +91,11 @@ def sample(logits: Tensor, params: Tensor, seen: Tensor, keys: Tensor, mode: str
   return (temperature[:, 0] > 0).where(drawn, greedy).cast(dtypes.int32)
 
 
+def key_rows(rngs: list[np.random.Generator]) -> np.ndarray:
+  """One fresh key per row from that row's generator: (rows, 2) uint32."""
+  return np.stack([rng.integers(0, 2 ** 32, size=2, dtype=np.uint32) for rng in rngs])
+
+
 def draw_keys(rngs: list[np.random.Generator]) -> Tensor:
-  """One fresh key per row from that row's generator."""
-  return Tensor(np.stack([rng.integers(0, 2 ** 32, size=2, dtype=np.uint32) for rng in rngs]))
+  """key_rows on the device."""
+  return Tensor(key_rows(rngs))
