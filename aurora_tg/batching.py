@@ -10,8 +10,17 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 import numpy as np
 from tinygrad import Context, Tensor, TinyJit, dtypes
+from tinygrad.device import Buffer
 from aurora_tg.model import GPT, Rows
 from aurora_tg.sampling import MODES, Sampling, sample
+
+
+def write(tensor: Tensor, values: np.ndarray):
+  """Copy host values into a realized device tensor, in place. A tensor made from host data costs tinygrad a
+  schedule of its own (about 2.5 ms of Python, more than a step of a small model), so a step's inputs are written
+  into buffers made once; a plain copy between buffers is what tinygrad's own Tensor.numpy() does the other way."""
+  data = np.ascontiguousarray(values, dtype=np.dtype(tensor.dtype.fmt))
+  tensor.uop.buffer.copy_from(Buffer("PYTHON", data.size, tensor.dtype, opaque=memoryview(bytearray(data.tobytes()))))
 
 
 class Busy(Exception):
@@ -40,6 +49,10 @@ class BatchDecoder:
     self.seen = Tensor.zeros(slots, model.cfg.vocab_size, dtype=dtypes.bool).contiguous().realize()
     self.vocab = Tensor.arange(model.cfg.vocab_size).unsqueeze(0).realize()
     self._steps = {(width, mode): TinyJit(lambda *a, mode=mode: self._step(*a, mode)) for width in (1, self.chunk) for mode in MODES}
+    # per width: tokens, starts, lengths, sampled, keys (see step)
+    self.inputs = {width: tuple(Tensor.zeros(*shape, dtype=dtype).contiguous().realize() for shape, dtype in
+                                (((slots, width), dtypes.int32), ((slots,), dtypes.int32), ((slots,), dtypes.int32),
+                                 ((slots,), dtypes.bool), ((slots, 2), dtypes.uint32))) for width in (1, self.chunk)}
     self._reset = TinyJit(self._reset_rows)
 
   def _step(self, tokens: Tensor, starts: Tensor, lengths: Tensor, sampled: Tensor, keys: Tensor, mode: str) -> Tensor:
@@ -65,10 +78,10 @@ class BatchDecoder:
   def step(self, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray, sampled: np.ndarray, keys: np.ndarray, mode: str) -> np.ndarray:
     """Feed each slot lengths[s] tokens at positions starts[s]..; the next token of every slot (meaningful where
     sampled[s]: its input ended there)."""
-    step = self._steps[(tokens.shape[1], mode)]
+    inputs = self.inputs[tokens.shape[1]]
+    for tensor, values in zip(inputs, (tokens, starts, lengths, sampled, keys)): write(tensor, values)
     with Context(BEAM=self.beam):  # the kernel search (Generator's beam) happens as the step compiles
-      return step(Tensor(tokens.astype(np.int32)), Tensor(starts.astype(np.int32)), Tensor(lengths.astype(np.int32)),
-                  Tensor(sampled), Tensor(keys)).numpy()
+      return self._steps[(tokens.shape[1], mode)](*inputs).numpy()
 
 
 def widest_mode(requests: list[Request]) -> str:

@@ -209,9 +209,6 @@ def _load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   if tokenizer.fingerprint() != record.tokenizer:
     raise UserError(f"{resolve(path).parent / TOKENIZER_NAME} is not the tokenizer this checkpoint was trained with")
   if record.quantized:  # an exported model for inference (adapters already folded in): the weights as saved
-    if any(name.endswith(".scale") and t.ndim == 1 for name, t in weights.items()):
-      raise UserError(f"{path} holds int8 weights with one scale per row, from an older Aurora: export it again from "
-                      "the float checkpoint it came from")
     model = quantize(GPT(record.model), record.quantized)
     copy_into(get_state_dict(model), weights, "quantized model weights")
     return model, tokenizer, record

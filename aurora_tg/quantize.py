@@ -1,11 +1,9 @@
 """Weight-only quantization for inference. Decoding reads every weight once per token, so its speed is set by the
 bytes a weight takes: float16 halves them, int8 quarters them. Activations, norms and the KV cache stay float32.
 
-int8 keeps a float32 scale per group of GROUP consecutive inputs of an output channel, as llama.cpp's q8_0 does:
-the largest |w| of the group maps to 127, so one outlying weight coarsens the steps of its group, not of its whole
-row. The matmul reads the int8 weights and their scales and multiplies them as it loads them, so no dequantized copy
-of a weight is ever written."""
-import math
+int8 keeps one float32 scale per output channel (a row of the weight: the largest |w| of the row maps to 127). The
+matmul reads the int8 weights and converts them as it loads them, and the scale multiplies each output afterwards,
+so no dequantized copy of a weight is ever written."""
 from tinygrad import Tensor, dtypes, nn
 from aurora_tg import UserError
 from aurora_tg.model import GPT, Linear, TiedEmbedding
@@ -13,53 +11,34 @@ from aurora_tg.model import GPT, Linear, TiedEmbedding
 KINDS = ("float16", "int8")
 
 
-GROUP = 32
-
-
-def group_size(width: int) -> int:
-  """Inputs per scale for a row of this width: GROUP, or the largest power of two of at least 8 dividing the width
-  (SwiGLU's hidden widths are multiples of 16), else the whole row."""
-  group = math.gcd(width, GROUP)
-  return group if group >= 8 else width
-
-
-def int8_groups(weight: Tensor) -> tuple[Tensor, Tensor]:
-  """(int8 weight (rows, width), float32 scales (rows, width / group)) with weight ~ int8 * its group's scale: rounded
-  to nearest, the error at most half a scale."""
-  rows, width = weight.shape
-  groups = weight.reshape(rows, -1, group_size(width))
-  scale = groups.abs().max(-1) / 127
-  scale = (scale > 0).where(scale, 1.0)  # an all-zero group stays zero whatever its scale
-  codes = (groups / scale.unsqueeze(-1)).round().clip(-127, 127).cast(dtypes.int8).reshape(rows, width)
-  return codes.realize(), scale.realize()
-
-
-def dequantized(codes: Tensor, scale: Tensor, dtype=dtypes.float32) -> Tensor:
-  """codes * their groups' scales, lazily: used inside a matmul, it is computed as the weights load."""
-  rows, width = codes.shape
-  return (codes.cast(dtype).reshape(rows, scale.shape[-1], -1) * scale.cast(dtype).unsqueeze(-1)).reshape(rows, width)
+def int8_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
+  """(int8 weight, float32 scale per row) with weight ~ int8 * scale: rounded to nearest, the error at most scale/2."""
+  scale = weight.abs().max(-1) / 127
+  scale = (scale > 0).where(scale, 1.0)  # an all-zero row stays zero whatever its scale
+  return (weight / scale.unsqueeze(-1)).round().clip(-127, 127).cast(dtypes.int8).realize(), scale.realize()
 
 
 class Int8Linear:
-  """Linear with int8 weights and a scale per group of inputs of each output channel."""
+  """Linear with int8 weights and a scale per output channel."""
   def __init__(self, linear: Linear):
-    self.weight, self.scale = int8_groups(linear.weight)
+    self.weight, self.scale = int8_rows(linear.weight)
     self.bias = linear.bias
 
   def __call__(self, x: Tensor) -> Tensor:
-    return x.linear(dequantized(self.weight, self.scale, x.dtype).T, None if self.bias is None else self.bias.cast(x.dtype))
+    y = x.linear(self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
+    return y if self.bias is None else y + self.bias.cast(x.dtype)
 
 
 class Int8Embedding:
   """The tied embedding and LM head with int8 rows: a row is a token's embedding and its output channel alike."""
   def __init__(self, embedding: TiedEmbedding):
-    self.weight, self.scale = int8_groups(embedding.weight)
+    self.weight, self.scale = int8_rows(embedding.weight)
 
-  def __call__(self, idx: Tensor) -> Tensor:
-    return dequantized(self.weight, self.scale)[idx]
+  def __call__(self, idx: Tensor) -> Tensor:  # gathered from the table scaled lazily: no kernel of its own
+    return (self.weight.cast(dtypes.float32) * self.scale.unsqueeze(-1))[idx]
 
   def project(self, x: Tensor) -> Tensor:
-    return x @ dequantized(self.weight, self.scale, x.dtype).T
+    return (x @ self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
 
 
 def quantize(model: GPT, kind: str) -> GPT:

@@ -49,15 +49,3 @@ def test_quantize_refuses_an_unknown_kind(run):
   folder, _ = run
   model, _, _ = checkpoint.load_model(folder)
   with pytest.raises(Exception, match="float16, int8"): quantize(model, "int3")
-
-
-def test_an_int8_export_with_one_scale_per_row_is_refused_in_one_line(tmp_path, run):
-  """int8 exports from before group scales held a scale per row; they cannot be read as groups, so the user is told to
-  export again."""
-  folder, _ = run
-  assert export([str(folder), str(tmp_path / "q"), "--quantize", "int8"]) == 0
-  model, tokenizer, record = checkpoint.load_model(tmp_path / "q")
-  state = {name: (t[:, 0].contiguous() if name.endswith(".scale") else t) for name, t in get_state_dict(model).items()}
-  checkpoint.save(tmp_path / "old", state, {}, record)
-  tokenizer.save(str(tmp_path / "old" / checkpoint.TOKENIZER_NAME))
-  assert_one_line_error(chat("--checkpoint", tmp_path / "old", "-p", "hi"), "one scale per row, from an older Aurora")
