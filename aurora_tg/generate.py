@@ -80,6 +80,8 @@ class Generator:
 
   def decode(self, token: int, position: int) -> Tensor:
     """Feed the token at `position` (right after the cached ones); the logits (1, vocab) for the next token, on the device."""
+    token = int(token)
+    if not 0 <= token < self.model.cfg.vocab_size: raise ValueError(f"token {token} is outside the vocabulary")
     self.cached = self.cached[:position]
     with Context(BEAM=self.beam): logits = self._decode(self.token.bind(token), self.position.bind(position))
     self.cached.append(token)

@@ -7,7 +7,8 @@ Per run it records the loss against steps and wall time, per-layer neuron death 
 its share of the update stays below a fraction of uniform for consecutive windows; see aurora_tg/diagnostics.py),
 the neurons never active on a probe batch, and the time per step. Step times come from a timing phase after a
 setting's runs, in which the trained models take turns one step at a time: timed back to back instead, a whole run
-apart, their ratio drifted with the machine's load (+25% for one setting that measures +8% interleaved). It writes
+apart, their ratio drifted with the machine's load (+25% for one setting that measures +8% interleaved); the loss
+against wall time still uses each training run's own clock. It writes
 bench/results/optimizers.md (the table, and Aurora's step time over Muon's), optimizers.json, optimizers.png (loss
 curves against steps and time) and optimizers_leverage.png (leverage histograms at the end).
 
@@ -127,7 +128,7 @@ def main():
   p.add_argument("--device")
   p.add_argument("--out", default="bench/results")
   args = p.parse_args()
-  if args.quick: args.mlps, args.expansions, args.steps = "relu2", "4", 60
+  if args.quick: args.mlps, args.expansions, args.steps, args.timing_steps = "relu2", "4", 60, 20
 
   from aurora_tg import devices
   from aurora_tg.data import TokenData, load_shards

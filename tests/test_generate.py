@@ -94,3 +94,14 @@ def test_kernel_search_is_asked_for_as_the_steps_compile(monkeypatch):
   monkeypatch.setattr(search, "beam_search", lambda kernel, rawbufs, var_vals, amount, *a, **kw: searched.append(amount) or kernel)
   assert Generator(model, beam=3).generate(prompt, s) == plain
   assert len(searched) >= 10 and set(searched) == {3}
+
+
+def test_decoding_a_token_outside_the_vocabulary_is_refused():
+  """The token enters the jitted step as a variable bounded by the vocabulary; a value outside it is an error, never
+  an unchecked read past the embedding table."""
+  model = make_model()
+  generator = Generator(model)
+  generator.prefill([1, 2, 3])
+  for token in (model.cfg.vocab_size, -1):
+    with pytest.raises(ValueError, match="outside the vocabulary"): generator.decode(token, 3)
+  assert generator.decode(np.int64(4), 3).shape == (1, model.cfg.vocab_size)  # a numpy id is an id

@@ -106,7 +106,7 @@ def test_kernel_counts_of_a_decode_step(backend):
 
 @pytest.mark.parametrize("kind", ["float16", "int8"])
 def test_quantized_weights_add_no_kernels_to_a_decode_step(backend, kind):
-  """float16 weights convert, and int8 ones scale by their group, as the matmul loads them: no pass of their own."""
+  """float16 weights convert, and int8 ones scale, inside the kernels that use them: no pass of their own."""
   with on(backend):
     Tensor.manual_seed(0)
     model = GPT(GPTConfig(**SHAPE))
