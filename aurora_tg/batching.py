@@ -12,7 +12,7 @@ import numpy as np
 from tinygrad import Context, Tensor, TinyJit, dtypes
 from tinygrad.device import Buffer
 from aurora_tg.model import GPT, Rows
-from aurora_tg.sampling import MODES, Sampling, sample
+from aurora_tg.sampling import MODES, Sampling, key_rows, sample
 
 
 def write(tensor: Tensor, values: np.ndarray):
@@ -182,8 +182,8 @@ class Engine:
       self._finish(slot, "length")
 
   def _keys(self, sampled: np.ndarray) -> np.ndarray:
-    keys = np.zeros((len(self.slots), 2), np.uint32)
-    for slot in np.flatnonzero(sampled): keys[slot] = self.slots[slot].rng.integers(0, 2 ** 32, size=2, dtype=np.uint32)
+    keys, rows = np.zeros((len(self.slots), 2), np.uint32), np.flatnonzero(sampled)
+    if len(rows): keys[rows] = key_rows([self.slots[slot].rng for slot in rows])
     return keys
 
   def _prefill(self, joining: list[Request]):

@@ -95,7 +95,3 @@ def key_rows(rngs: list[np.random.Generator]) -> np.ndarray:
   """One fresh key per row from that row's generator: (rows, 2) uint32."""
   return np.stack([rng.integers(0, 2 ** 32, size=2, dtype=np.uint32) for rng in rngs])
 
-
-def draw_keys(rngs: list[np.random.Generator]) -> Tensor:
-  """key_rows on the device."""
-  return Tensor(key_rows(rngs))

@@ -8,9 +8,9 @@ its share of the update stays below a fraction of uniform for consecutive window
 the neurons never active on a probe batch, and the time per step. Step times come from a timing phase after a
 setting's runs, in which the trained models take turns one step at a time: timed back to back instead, a whole run
 apart, their ratio drifted with the machine's load (+25% for one setting that measures +8% interleaved); the loss
-against wall time still uses each training run's own clock. It writes
-bench/results/optimizers.md (the table, and Aurora's step time over Muon's), optimizers.json, optimizers.png (loss
-curves against steps and time) and optimizers_leverage.png (leverage histograms at the end).
+against wall time still uses each training run's own clock. It writes bench/results/optimizers.md (the table, and
+Aurora's step time over Muon's), optimizers.json, optimizers.png (loss curves against steps and time) and
+optimizers_leverage.png (leverage histograms at the end).
 
   python bench/optimizers.py                     # the sweep: about an hour on a 2-core CPU
   python bench/optimizers.py --quick             # one small setting, a minute: checks the bench runs

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 from tinygrad import Tensor
-from aurora_tg.sampling import Sampling, draw_keys, sample
+from aurora_tg.sampling import Sampling, key_rows, sample
 
 VOCAB = 40
 
@@ -35,7 +35,7 @@ def draw(logits: np.ndarray, settings: list[Sampling], seen: list[list[int]] | N
   mask = np.zeros(logits.shape, dtype=bool)
   for row, ids in enumerate(seen or []): mask[row, ids] = True
   mode = mode or max((s.mode for s in settings), key=("greedy", "sample", "filter").index)
-  keys = draw_keys([np.random.default_rng([seed, row]) for row in range(rows)])
+  keys = Tensor(key_rows([np.random.default_rng([seed, row]) for row in range(rows)]))
   return sample(Tensor(logits.astype(np.float32)), Tensor([s.row() for s in settings]), Tensor(mask), keys, mode).numpy()
 
 
