@@ -50,6 +50,7 @@ def run(args) -> int:
   device = devices.select_device(args.device)
   path = checkpoint.resolve(checkpoint.locate(args.checkpoint)) if args.checkpoint else checkpoint.newest()
   model, tokenizer, record = checkpoint.load_model(path, args.quantize)
+  model.wte.pad_rows()  # for the LM head's matvec kernel; this model is never trained or saved
   if args.beam: print(f"searching {args.beam} kernel variants per decoding kernel as they compile (once: tinygrad caches them) ...", file=sys.stderr, flush=True)
   if args.serve:
     name = checkpoint.run_folder(path).name

@@ -219,10 +219,19 @@ class TiedEmbedding(nn.Embedding):
   """The token embedding, which is also the LM head (GPT-2 ties them)."""
   def __init__(self, vocab_size: int, dim: int):  # nn.Embedding's lookup, GPT-2's initialisation
     self.weight = Tensor.normal(vocab_size, dim, std=0.02)
+    self.vocab_size: int | None = None  # set by pad_rows: the rows that are real tokens
+
+  def pad_rows(self, multiple: int = 64):
+    """For inference only: zero rows up to a multiple of `multiple`, which project() drops again. A decoded token's
+    LM head is a matrix-vector product, and tinygrad's matvec kernel needs a row count that divides evenly (GPT-2's
+    50,257 does not); GPT-2 124M's head then runs several times faster (README, bench/decode.py)."""
+    self.vocab_size = self.vocab_size or self.weight.shape[0]
+    self.weight = self.weight.pad(((0, -self.weight.shape[0] % multiple), (0, 0))).contiguous().realize()
 
   def project(self, x: Tensor) -> Tensor:
     """Hidden states (..., dim) -> logits (..., vocab)."""
-    return x @ self.weight.cast(x.dtype).T
+    logits = x @ self.weight.cast(x.dtype).T
+    return logits if self.vocab_size is None else logits[..., :self.vocab_size]
 
 
 class GPT:

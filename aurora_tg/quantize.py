@@ -33,12 +33,30 @@ class Int8Embedding:
   """The tied embedding and LM head with int8 rows: a row is a token's embedding and its output channel alike."""
   def __init__(self, embedding: TiedEmbedding):
     self.weight, self.scale = int8_rows(embedding.weight)
+    self.vocab_size = embedding.vocab_size
+
+  def pad_rows(self, multiple: int = 64):  # as TiedEmbedding.pad_rows
+    self.vocab_size, rows = self.vocab_size or self.weight.shape[0], -self.weight.shape[0] % multiple
+    self.weight = self.weight.pad(((0, rows), (0, 0))).contiguous().realize()
+    self.scale = self.scale.pad(((0, rows),)).contiguous().realize()
 
   def __call__(self, idx: Tensor) -> Tensor:  # gathered from the table scaled lazily: no kernel of its own
     return (self.weight.cast(dtypes.float32) * self.scale.unsqueeze(-1))[idx]
 
   def project(self, x: Tensor) -> Tensor:
-    return (x @ self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
+    logits = (x @ self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
+    return logits if self.vocab_size is None else logits[..., :self.vocab_size]
+
+
+class Float16Embedding(TiedEmbedding):
+  """The tied embedding and LM head with float16 rows."""
+  def __init__(self, embedding: TiedEmbedding):
+    self.weight, self.vocab_size = embedding.weight.cast(dtypes.float16).contiguous().realize(), embedding.vocab_size
+
+  def __call__(self, idx: Tensor) -> Tensor:
+    # gathered from the table cast lazily to float32: tinygrad 0.14 on CL miscompiles the float16 gather (a float16
+    # sum) from a table whose row count splits evenly, such as 32,768 tokens or GPT-2's padded 50,304
+    return self.weight.cast(dtypes.float32)[idx]
 
 
 def quantize(model: GPT, kind: str) -> GPT:
@@ -51,8 +69,7 @@ def quantize(model: GPT, kind: str) -> GPT:
         if not isinstance(layer, Linear): continue
         if kind == "int8": setattr(owner, name, Int8Linear(layer))
         else: layer.weight = layer.weight.cast(dtypes.float16).contiguous().realize()
-  if kind == "int8": model.wte = Int8Embedding(model.wte)
-  else: model.wte.weight = model.wte.weight.cast(dtypes.float16).contiguous().realize()
+  model.wte = Int8Embedding(model.wte) if kind == "int8" else Float16Embedding(model.wte)
   return model
 
 

@@ -46,6 +46,7 @@ def aurora(run: Path, kind: str | None, prompt: list[int], tokens: int, beam: in
   from aurora_tg.generate import Generator
   from aurora_tg.quantize import weight_bytes
   model, _, _ = checkpoint.load_model(run, kind)
+  model.wte.pad_rows()  # as chat.py does
   gen, n = Generator(model, beam=beam), len(prompt)
   start = time.perf_counter()
   first = gen.choose(gen.prefill(prompt))

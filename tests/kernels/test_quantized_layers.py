@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import example, given
 from tinygrad import Tensor
 from aurora_tg.model import Linear, TiedEmbedding
-from aurora_tg.quantize import Int8Embedding, Int8Linear, int8_rows
+from aurora_tg.quantize import Float16Embedding, Int8Embedding, Int8Linear, int8_rows
 from kernel_check import SIZES, SMALL_SIZES, SEEDS, normal, on
 
 
@@ -55,3 +55,36 @@ def test_int8_rows_rounds_to_nearest(backend, rows, n_in, seed):
   with on(backend): codes, scale = (t.numpy() for t in int8_rows(Tensor(w.astype(np.float32))))
   np.testing.assert_allclose(scale, np.abs(w).max(1) / 127, rtol=1e-6)
   np.testing.assert_array_equal(codes, np.clip(np.round(w.astype(np.float32) / scale[:, None]), -127, 127))
+
+
+@given(vocab=SIZES, dim=SIZES, seed=SEEDS)
+@example(vocab=67, dim=13, seed=0)  # 67 rows pad to 128
+def test_padded_heads_look_up_and_project_as_before(backend, vocab, dim, seed):
+  """pad_rows (for decoding) adds zero rows that project() drops again: float32, float16 and int8 tables look up the
+  same rows and give the same logits as unpadded."""
+  rng = np.random.default_rng(seed)
+  w, ids, h = normal(rng, vocab, dim, scale=0.02), rng.integers(0, vocab, size=(2, 5)), normal(rng, 2, 5, dim)
+  with on(backend):
+    for kind in (lambda e: e, Float16Embedding, Int8Embedding):
+      embedding = TiedEmbedding(vocab, dim)
+      embedding.weight = Tensor(w.astype(np.float32))
+      table = kind(embedding)
+      before = table(Tensor(ids.astype(np.int32))).numpy(), table.project(Tensor(h.astype(np.float32))).numpy()
+      table.pad_rows(64)
+      assert table.weight.shape[0] % 64 == 0 and 0 <= table.weight.shape[0] - vocab < 64
+      after = table(Tensor(ids.astype(np.int32))).numpy(), table.project(Tensor(h.astype(np.float32))).numpy()
+      assert after[1].shape == (2, 5, vocab)
+      np.testing.assert_array_equal(after[0], before[0])
+      np.testing.assert_allclose(after[1], before[1], rtol=1e-5, atol=1e-6 * np.abs(before[1]).max())
+
+
+def test_float16_embedding_of_a_large_vocabulary(backend):
+  """tinygrad 0.14 on CL miscompiled a float16 gather (a sum in float16) from a table of 32,768 rows, a vocabulary
+  people train; Float16Embedding gathers in float32."""
+  rng = np.random.default_rng(0)
+  w, ids = normal(rng, 32768, 16), rng.integers(0, 32768, size=(1, 8))
+  with on(backend):
+    embedding = TiedEmbedding(32768, 16)
+    embedding.weight = Tensor(w.astype(np.float32))
+    looked_up = Float16Embedding(embedding)(Tensor(ids.astype(np.int32))).numpy()
+  np.testing.assert_array_equal(looked_up, w.astype(np.float16).astype(np.float32)[ids])
