@@ -49,6 +49,7 @@ def run(args) -> int:
     from aurora_tg import serve
     serve.check(args.host, args.api_key, args.slots)
   device = devices.select_device(args.device)
+  devices.tune_for_decoding()
   path = checkpoint.resolve(checkpoint.locate(args.checkpoint)) if args.checkpoint else checkpoint.newest()
   model, tokenizer, record = checkpoint.load_model(path, args.quantize)
   model.wte.pad_rows()  # for the LM head's matvec kernel; this model is never trained or saved

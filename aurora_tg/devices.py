@@ -1,4 +1,5 @@
-"""Backend selection: tinygrad's DEV picks the device; this module validates the user's choice and sets one tuning knob."""
+"""Backend selection: tinygrad's DEV picks the device; this module validates the user's choice, and sets one knob of
+tinygrad's kernel layout for decoding."""
 import ctypes, functools, os
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.helpers import DEV, getenv
@@ -55,21 +56,21 @@ def opencl_on_cpu() -> bool:
   return not failed and bool(kind.value & cl.CL_DEVICE_TYPE_CPU)
 
 
-def tune(device: str) -> str:
+def tune_for_decoding():
   """Decoding spends its time in matrix-vector products, which tinygrad's heuristic lays out for GPUs: each output's
   sum is split over 8 work-items that meet in local memory. An OpenCL CPU (PoCL) runs work-items in turn, and there
-  one work-item per output makes each of GPT-2 124M's matvecs 1.4-3x faster (README). The setting is the process's,
-  so training and evaluation on that device get it too; a value the user set stays."""
-  if device.split(":")[0] == "CL" and "MV_THREADS_PER_ROW" not in os.environ and opencl_on_cpu():
+  one work-item per output makes each of GPT-2 124M's matvecs 1.4-3x faster (README). chat.py calls this once the
+  device is selected; training keeps tinygrad's layout (the setting made its steps about 3% slower, within noise).
+  A value the user set stays."""
+  if Device.DEFAULT.split(":")[0] == "CL" and "MV_THREADS_PER_ROW" not in os.environ and opencl_on_cpu():
     os.environ["MV_THREADS_PER_ROW"] = "1"
     getenv.cache_clear()  # tinygrad caches what it read of the environment
-  return device
 
 
 def select_device(name: str | None) -> str:
   """Make the backend `name` (CPU, CL, CUDA, METAL, ...) tinygrad's default device; None keeps tinygrad's own pick."""
   if name is None:
-    try: return tune(Device.DEFAULT)
+    try: return Device.DEFAULT
     except RuntimeError: raise UserError(f"no tinygrad backend works on this machine; {INSTALL_HINT}") from None
   name = name.upper()
   if ":" in name:  # tinygrad's DEV reads what follows a colon as a renderer, not a device index
@@ -80,7 +81,7 @@ def select_device(name: str | None) -> str:
     working = ", ".join(working_devices())
     raise UserError(f"device {name} is not available on this machine; " + (f"working here: {working}" if working else f"none works here: {INSTALL_HINT}"))
   DEV.value = name
-  return tune(Device.DEFAULT)
+  return Device.DEFAULT
 
 
 def parse_devices(spec: str | None) -> tuple[str, ...]:

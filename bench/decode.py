@@ -117,6 +117,7 @@ def main():
   from aurora_tg import devices, checkpoint, hf
   from aurora_tg.export import main as export
   device = devices.select_device(args.device)
+  devices.tune_for_decoding()
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     run = make_run(tmp, args.size)

@@ -1,4 +1,4 @@
-"""Device tuning: on an OpenCL CPU, selecting the device makes tinygrad's matvec kernels sum each output in one
+"""Device tuning: on an OpenCL CPU, tune_for_decoding makes tinygrad's matvec kernels sum each output in one
 work-item (MV_THREADS_PER_ROW=1), seen in the kernel's code: no partial sums meeting at a barrier. A value the user
 set stays, and other backends keep tinygrad's default."""
 import os, subprocess, sys
@@ -7,7 +7,7 @@ from aurora_tg.devices import works
 
 # one matrix-vector product, its kernels' code printed (DEBUG=4)
 PROBE = ("from aurora_tg import devices; from tinygrad import Tensor; from tinygrad.helpers import getenv; "
-         "device = devices.select_device({!r}); x, w = Tensor.ones(1, 256).contiguous().realize(), Tensor.ones(256, 256).contiguous().realize(); "
+         "device = devices.select_device({!r}); devices.tune_for_decoding(); x, w = Tensor.ones(1, 256).contiguous().realize(), Tensor.ones(256, 256).contiguous().realize(); "
          "assert (x @ w).numpy()[0, 0] == 256; print('threads per row', getenv('MV_THREADS_PER_ROW', 8))")
 
 
