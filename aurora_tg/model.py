@@ -219,19 +219,16 @@ class TiedEmbedding(nn.Embedding):
   """The token embedding, which is also the LM head (GPT-2 ties them)."""
   def __init__(self, vocab_size: int, dim: int):  # nn.Embedding's lookup, GPT-2's initialisation
     self.weight = Tensor.normal(vocab_size, dim, std=0.02)
-    self.vocab_size: int | None = None  # set by pad_rows: the rows that are real tokens
 
   def pad_rows(self, multiple: int = 64):
-    """For inference only: zero rows up to a multiple of `multiple`, which project() drops again. A decoded token's
+    """For inference only: zero rows up to a multiple of `multiple`, whose logits GPT drops again. A decoded token's
     LM head is a matrix-vector product, and tinygrad's matvec kernel needs a row count that divides evenly (GPT-2's
     50,257 does not); GPT-2 124M's head then runs several times faster (README, bench/decode.py)."""
-    self.vocab_size = self.vocab_size or self.weight.shape[0]
     self.weight = self.weight.pad(((0, -self.weight.shape[0] % multiple), (0, 0))).contiguous().realize()
 
   def project(self, x: Tensor) -> Tensor:
-    """Hidden states (..., dim) -> logits (..., vocab)."""
-    logits = x @ self.weight.cast(x.dtype).T
-    return logits if self.vocab_size is None else logits[..., :self.vocab_size]
+    """Hidden states (..., dim) -> logits (..., rows of the table)."""
+    return x @ self.weight.cast(x.dtype).T
 
 
 class GPT:
@@ -267,7 +264,9 @@ class GPT:
     # prefill needs the next token's logits alone
     if isinstance(at, Tensor): x = (at.reshape(B, 1, 1) == Tensor.arange(T).to(x.device).reshape(1, T, 1)).where(x, 0).sum(1, keepdim=True)
     elif at is not None: x = x[:, at:at + 1]
-    return self.wte.project(self.ln_f(x))
+    logits = self.wte.project(self.ln_f(x))
+    # a head padded for decoding (TiedEmbedding.pad_rows) has rows past the vocabulary: their logits go
+    return logits[..., :self.cfg.vocab_size] if logits.shape[-1] > self.cfg.vocab_size else logits
 
   def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
     """One preallocated (2, B, heads, block_size, head_dim) key/value buffer per layer, kept outside the model so

@@ -33,10 +33,9 @@ class Int8Embedding:
   """The tied embedding and LM head with int8 rows: a row is a token's embedding and its output channel alike."""
   def __init__(self, embedding: TiedEmbedding):
     self.weight, self.scale = int8_rows(embedding.weight)
-    self.vocab_size = embedding.vocab_size
 
-  def pad_rows(self, multiple: int = 64):  # as TiedEmbedding.pad_rows
-    self.vocab_size, rows = self.vocab_size or self.weight.shape[0], -self.weight.shape[0] % multiple
+  def pad_rows(self, multiple: int = 64):  # as TiedEmbedding.pad_rows: zero rows, with zero scales
+    rows = -self.weight.shape[0] % multiple
     self.weight = self.weight.pad(((0, rows), (0, 0))).contiguous().realize()
     self.scale = self.scale.pad(((0, rows),)).contiguous().realize()
 
@@ -44,14 +43,13 @@ class Int8Embedding:
     return (self.weight.cast(dtypes.float32) * self.scale.unsqueeze(-1))[idx]
 
   def project(self, x: Tensor) -> Tensor:
-    logits = (x @ self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
-    return logits if self.vocab_size is None else logits[..., :self.vocab_size]
+    return (x @ self.weight.cast(x.dtype).T) * self.scale.cast(x.dtype)
 
 
 class Float16Embedding(TiedEmbedding):
   """The tied embedding and LM head with float16 rows."""
   def __init__(self, embedding: TiedEmbedding):
-    self.weight, self.vocab_size = embedding.weight.cast(dtypes.float16).contiguous().realize(), embedding.vocab_size
+    self.weight = embedding.weight.cast(dtypes.float16).contiguous().realize()
 
   def __call__(self, idx: Tensor) -> Tensor:
     # gathered from the table cast lazily to float32: tinygrad 0.14 on CL miscompiles the float16 gather (a float16

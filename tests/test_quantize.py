@@ -49,3 +49,18 @@ def test_quantize_refuses_an_unknown_kind(run):
   folder, _ = run
   model, _, _ = checkpoint.load_model(folder)
   with pytest.raises(Exception, match="float16, int8"): quantize(model, "int3")
+
+
+@pytest.mark.parametrize("kind", [None, "float16", "int8"])
+def test_a_head_padded_for_decoding_gives_the_vocabularys_logits(run, kind):
+  """chat.py pads the LM head's rows to a multiple of 64; the model's logits keep the vocabulary's width and values."""
+  folder, tokenizer = run
+  model, _, _ = checkpoint.load_model(folder, kind)
+  ids = Tensor([tokenizer.encode("the cat sat on the mat")])
+  before = model(ids).numpy()
+  assert before.shape[-1] == model.cfg.vocab_size and model.cfg.vocab_size % 64  # padding has rows to add
+  model.wte.pad_rows()
+  assert model.wte.weight.shape[0] % 64 == 0
+  after = model(ids).numpy()
+  assert after.shape == before.shape
+  np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
