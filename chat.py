@@ -42,6 +42,8 @@ def sampling_from(args):
 
 
 def run(args) -> int:
+  from aurora_tg import cpu_queue
+  cpu_queue.use_for_decoding(args.device)  # before tinygrad is imported, which reads it once
   from aurora_tg import chat, checkpoint, devices  # import tinygrad after parsing, so --help stays instant
   sampling = sampling_from(args)
   if args.beam < 0: raise UserError(f"--beam must be 0 (off) or more, got {args.beam}")

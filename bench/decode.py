@@ -114,6 +114,8 @@ def main():
   p.add_argument("--no-cold", action="store_true", help="skip the fresh-process times")
   p.add_argument("--beam", type=int, default=0, help="Aurora's kernel search (chat.py --beam), timed on its own")
   args = p.parse_args()
+  from aurora_tg import cpu_queue
+  cpu_queue.use_for_decoding(args.device)  # as chat.py: on the CPU backend, jitted steps run from tinygrad's command queue
   from aurora_tg import devices, checkpoint, hf
   from aurora_tg.export import main as export
   device = devices.select_device(args.device)
