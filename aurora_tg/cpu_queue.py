@@ -13,8 +13,10 @@ import os, sys
 
 def use_for_decoding(device: str | None) -> bool:
   """Turn HCQ2 on when decoding will run on the CPU backend (`device`, else the DEV variable, names CPU), unless the
-  user set HCQ2 or tinygrad is imported already (then its choice is made: a late switch would half-apply)."""
-  name = (device or os.environ.get("DEV", "")).upper()
-  if not name.startswith("CPU") or "HCQ2" in os.environ or "tinygrad" in sys.modules: return False
+  user set HCQ2 or tinygrad is imported already (then its choice is made: a late switch would half-apply). Only
+  tinygrad's default CPU renderer (clang): the queue builds its own programs with clang, and DEV=CPU:LLVM beside
+  it is untried."""
+  name = (device or os.environ.get("DEV", "")).strip().upper()
+  if name != "CPU" or "HCQ2" in os.environ or "tinygrad" in sys.modules: return False
   os.environ["HCQ2"] = "1"
   return True
