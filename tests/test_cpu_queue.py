@@ -2,14 +2,11 @@
 each jitted step one submission; other devices, a user's own HCQ2, and a process that imported tinygrad already keep
 tinygrad's default. The queue is on only in a fresh process, so each check runs one."""
 import os, subprocess, sys
-import numpy as np
 import pytest
-from tinygrad import Tensor
-from tinygrad.nn.state import get_state_dict
 from aurora_tg import checkpoint
-from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.tokenizer import train_bpe
-from conftest import ROOT, TEST_SHAPE, sample_text
+from conftest import ROOT, sample_text
+from test_chat import make_model, save_run
 
 TESTS = str(ROOT / "tests")
 
@@ -39,15 +36,8 @@ def in_fresh_process(code: str, **env) -> str:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  """Weights of std 0.3: answers that depend on the prompt (GPT-2's initialisation mostly repeats a token)."""
-  tokenizer, rng = train_bpe([sample_text()], 300), np.random.default_rng(0)
-  model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": 32}))
-  for name, t in get_state_dict(model).items():
-    t.assign(Tensor(rng.standard_normal(t.shape).astype(np.float32) * 0.3 + (1.0 if "ln_" in name and name.endswith("weight") else 0.0))).realize()
-  out = tmp_path_factory.mktemp("queue") / "run"
-  checkpoint.save(out, get_state_dict(model), {}, checkpoint.RunRecord("pretrain", model.cfg, tokenizer.fingerprint()))
-  tokenizer.save(str(out / checkpoint.TOKENIZER_NAME))
-  return out
+  tokenizer = train_bpe([sample_text()], 300)
+  return save_run(tmp_path_factory.mktemp("queue") / "run", make_model(tokenizer, 32), tokenizer, "pretrain")
 
 
 @pytest.mark.skipif("HCQ2" in os.environ, reason="this process must launch kernels from Python, without the queue")
