@@ -1,11 +1,28 @@
 """`python -m aurora_tg.export CHECKPOINT OUT`: write an Aurora model for other tools.
 - OUT a folder: Hugging Face's GPT-2 layout (config.json + model.safetensors), which transformers' GPT2LMHeadModel
   and other tools load. With --quantize, an Aurora checkpoint with quantized weights instead, which chat.py and the
-  evaluation load directly.
+  evaluation load directly; int8 weights there are rounded for the activations of calibration text (GPTQ), which
+  keeps the model's outputs closer to float32's than chat.py's rounding to nearest at load time.
 - OUT ending in .gguf: one GGUF file for llama.cpp, tokenizer included; --quantize float16 or int8 (llama.cpp's q8_0)."""
 import argparse, sys
 from pathlib import Path
+import numpy as np
 from aurora_tg import UserError
+
+CALIBRATION_TOKENS = 8192  # the default chat model's int8 logits gained nothing from more (README)
+
+
+def calibration_windows(spec: str | None, tokenizer, block_size: int, tokens: int) -> list[list[int]]:
+  """About `tokens` tokens of text in windows of the model's context, spread evenly over the training split of a
+  corpus (spec as train.py's --data; None: the embedded default corpus) prepared for the model's tokenizer."""
+  from aurora_tg import data, prepare
+  folder = prepare.prepared(spec, tokenizer)
+  if data.read_manifest(folder)["identity"]["tokenizer"] != tokenizer.fingerprint():
+    raise UserError(f"the shards in {folder} were made with another tokenizer than the model's; give --calibration text")
+  text = np.concatenate(data.load_shards(folder)[0])
+  count = min(max(1, tokens // block_size), len(text) // block_size)
+  if count == 0: raise UserError(f"the calibration text has {len(text)} tokens, fewer than one window of {block_size}")
+  return [text[start:start + block_size].tolist() for start in np.linspace(0, len(text) - block_size, count).astype(int)]
 
 
 def main(argv=None) -> int:
@@ -15,10 +32,19 @@ def main(argv=None) -> int:
   p.add_argument("--device", help="tinygrad backend to load the model on (default: tinygrad's pick)")
   p.add_argument("--quantize", help="float16 or int8: an Aurora checkpoint with quantized weights into OUT, or, for a .gguf, "
                                     "float16 or q8_0 weights (default float32)")
+  p.add_argument("--calibration", metavar="DATA", help="text whose activations choose the rounding of int8 weights, as "
+                                                       "train.py's --data (default: the embedded corpus)")
+  p.add_argument("--calibration-tokens", type=int, metavar="N", help=f"tokens of calibration text for int8 weights "
+                                                                     f"(default {CALIBRATION_TOKENS:,}; 0 rounds to nearest)")
   args = p.parse_args(argv)
   gguf_out = args.out.endswith(".gguf")
   try:
+    calibrating = args.calibration is not None or args.calibration_tokens is not None
+    if calibrating and (gguf_out or args.quantize != "int8"):
+      raise UserError("--calibration and --calibration-tokens are for --quantize int8 into an Aurora checkpoint")
+    if (args.calibration_tokens or 0) < 0: raise UserError(f"--calibration-tokens must be 0 or more, got {args.calibration_tokens}")
     from aurora_tg import checkpoint, devices, hf
+    from aurora_tg.quantize import quantize
     devices.select_device(args.device)
     if gguf_out:
       from aurora_tg import gguf_export
@@ -27,8 +53,13 @@ def main(argv=None) -> int:
       if record.quantized: raise UserError(f"{args.checkpoint} holds {record.quantized} weights; export a GGUF from the float checkpoint it came from")
       counts = gguf_export.save(model, tokenizer, args.out, args.quantize, name=Path(args.checkpoint).name)
     else:
-      model, tokenizer, record = checkpoint.load_model(args.checkpoint, args.quantize)
-      if args.quantize: checkpoint.save_quantized(args.out, model, tokenizer, record, args.quantize)
+      model, tokenizer, record = checkpoint.load_model(args.checkpoint)
+      if args.quantize:
+        if record.quantized: raise UserError(f"{args.checkpoint} is already quantized to {record.quantized}")
+        tokens = CALIBRATION_TOKENS if args.calibration_tokens is None else args.calibration_tokens
+        windows = calibration_windows(args.calibration, tokenizer, model.cfg.block_size, tokens) if args.quantize == "int8" and tokens else None
+        quantize(model, args.quantize, windows)
+        checkpoint.save_quantized(args.out, model, tokenizer, record, args.quantize)
       else: hf.save(model, args.out, tokenizer)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

@@ -4,15 +4,19 @@
   reproduce at the same position as float32 (over the longer of the two answers, so a shorter one counts as a miss);
   one changed token changes the rest of its answer, so this also counts every token after a near-tie flips;
 - the share of float32's answer tokens each model predicts as its top token when fed float32's answer so far (as
-  llama.cpp's `perplexity --kl-divergence` reports "same top"): quantization's error, without the cascade.
+  llama.cpp's `perplexity --kl-divergence` reports "same top"), and how far its logits there are from float32's
+  (root mean square): quantization's error, without the cascade.
+int8 comes twice: rounded to nearest (chat.py --quantize int8) and calibrated on the embedded corpus as
+`python -m aurora_tg.export --quantize int8` does by default (GPTQ rounding, aurora_tg/quantize.py).
 
   python bench/quantize_quality.py [--pretrain runs/small] [--chat runs/small-sft] [--questions 40] [--device CL]
 """
 import argparse, sys
 from pathlib import Path
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-KINDS = (None, "float16", "int8")
+KINDS = (None, "float16", "int8", "int8, calibrated")
 
 
 def validation_loss(model, tokenizer, folder: Path, batch_size: int = 8) -> float:
@@ -50,14 +54,26 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]]) -> list[list[int]
   return [generator.generate(p, Sampling(temperature=0, max_tokens=48), stop_tokens(tokenizer)) for p in prompts]
 
 
-def same_top_token(model, prompts: list[list[int]], reference: list[list[int]]) -> float:
-  """The share of reference answer tokens that are the model's top token given the prompt and the answer before them."""
+def load(path: str, kind: str | None):
+  """The model at path as `kind` of KINDS quantizes it."""
+  from aurora_tg import checkpoint
+  from aurora_tg.export import CALIBRATION_TOKENS, calibration_windows
+  from aurora_tg.quantize import quantize
+  if kind != "int8, calibrated": return checkpoint.load_model(path, kind)
+  model, tokenizer, record = checkpoint.load_model(path)
+  windows = calibration_windows(None, tokenizer, model.cfg.block_size, CALIBRATION_TOKENS)
+  return quantize(model, "int8", windows, log=lambda *_: None), tokenizer, record
+
+
+def fed_reference(model, prompts: list[list[int]], reference: list[list[int]]) -> tuple[float, np.ndarray]:
+  """Fed each prompt and reference answer: the share of answer tokens that are the model's top token given what
+  comes before them, and the logits at those positions (one row per answer token)."""
   from tinygrad import Tensor
-  same = total = 0
+  same, rows = 0, []
   for prompt, answer in zip(prompts, reference):
-    logits = model(Tensor([prompt + answer[:-1]]))[0, len(prompt) - 1:].argmax(-1).numpy()
-    same, total = same + int((logits == answer).sum()), total + len(answer)
-  return same / max(1, total)
+    logits = model(Tensor([prompt + answer[:-1]]))[0, len(prompt) - 1:].numpy()
+    same, rows = same + int((logits.argmax(-1) == answer).sum()), rows + [logits]
+  return same / max(1, sum(map(len, reference))), np.concatenate(rows)
 
 
 def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
@@ -72,28 +88,30 @@ def main():
   p.add_argument("--questions", type=int, default=40)
   p.add_argument("--device")
   args = p.parse_args()
-  from aurora_tg import checkpoint, devices, prepare
+  from aurora_tg import devices, prepare
   device = devices.select_device(args.device)
   print(f"on {device}")
   losses = {}
   for kind in KINDS:
-    model, tokenizer, record = checkpoint.load_model(args.pretrain, kind)
+    model, tokenizer, record = load(args.pretrain, kind)
     folder = prepare.prepared(record.run.data if record.run else None, tokenizer, log=lambda *_: None)
     losses[kind] = validation_loss(model, tokenizer, folder)
   print(f"\n{args.pretrain}: validation loss over its held-out shards\n| weights | loss | vs float32 |\n|---|---|---|")
   for kind, loss in losses.items(): print(f"| {kind or 'float32'} | {loss:.4f} | {100 * (loss / losses[None] - 1):+.3f}% |")
-  answers, top = {}, {}
+  answers, top, logits = {}, {}, {}
   for kind in KINDS:
-    model, tokenizer, _ = checkpoint.load_model(args.chat, kind)
+    model, tokenizer, _ = load(args.chat, kind)
     prompts = held_out_prompts(tokenizer, model.cfg.block_size, args.questions)
     answers[kind] = greedy_answers(model, tokenizer, prompts)
-    top[kind] = same_top_token(model, prompts, answers[None])
+    top[kind], logits[kind] = fed_reference(model, prompts, answers[None])
   n_tokens = sum(len(a) for a in answers[None])
   print(f"\n{args.chat}: greedy answers to {len(prompts)} held-out questions ({n_tokens} float32 answer tokens)\n"
-        "| weights | tokens as float32's | answers identical | same top token, fed float32's answer |\n|---|---|---|---|")
+        "| weights | tokens as float32's | answers identical | fed float32's answer: same top token | logit error (rms) |\n"
+        "|---|---|---|---|---|")
   for kind in KINDS[1:]:
     same = sum(a == b for a, b in zip(answers[None], answers[kind]))
-    print(f"| {kind} | {100 * agreement(answers[None], answers[kind]):.1f}% | {same}/{len(prompts)} | {100 * top[kind]:.2f}% |")
+    error = np.sqrt(np.mean(np.square(logits[kind] - logits[None])))
+    print(f"| {kind} | {100 * agreement(answers[None], answers[kind]):.1f}% | {same}/{len(prompts)} | {100 * top[kind]:.2f}% | {error:.4f} |")
 
 
 if __name__ == "__main__":
