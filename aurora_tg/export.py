@@ -1,8 +1,8 @@
 """`python -m aurora_tg.export CHECKPOINT OUT`: write an Aurora model for other tools.
 - OUT a folder: Hugging Face's GPT-2 layout (config.json + model.safetensors), which transformers' GPT2LMHeadModel
   and other tools load. With --quantize, an Aurora checkpoint with quantized weights instead, which chat.py and the
-  evaluation load directly; int8 weights there are rounded for the activations of calibration text (GPTQ), which
-  keeps the model's outputs closer to float32's than chat.py's rounding to nearest at load time.
+  evaluation load directly; with --calibration, int8 weights there are rounded for the activations of calibration
+  text (GPTQ), which keeps the model's outputs closer to float32's than rounding to nearest.
 - OUT ending in .gguf: one GGUF file for llama.cpp, tokenizer included; --quantize float16 or int8 (llama.cpp's q8_0)."""
 import argparse, sys
 from pathlib import Path
@@ -32,17 +32,17 @@ def main(argv=None) -> int:
   p.add_argument("--device", help="tinygrad backend to load the model on (default: tinygrad's pick)")
   p.add_argument("--quantize", help="float16 or int8: an Aurora checkpoint with quantized weights into OUT, or, for a .gguf, "
                                     "float16 or q8_0 weights (default float32)")
-  p.add_argument("--calibration", metavar="DATA", help="text whose activations choose the rounding of int8 weights, as "
-                                                       "train.py's --data (default: the embedded corpus)")
-  p.add_argument("--calibration-tokens", type=int, metavar="N", help=f"tokens of calibration text for int8 weights "
-                                                                     f"(default {CALIBRATION_TOKENS:,}; 0 rounds to nearest)")
+  p.add_argument("--calibration", nargs="?", const="", metavar="DATA",
+                 help="round int8 weights for the activations of text (GPTQ) rather than to nearest: DATA as train.py's "
+                      "--data, or no value for the embedded corpus (minutes for GPT-2 124M on a CPU)")
+  p.add_argument("--calibration-tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
+                 help=f"tokens of calibration text (default {CALIBRATION_TOKENS:,})")
   args = p.parse_args(argv)
   gguf_out = args.out.endswith(".gguf")
   try:
-    calibrating = args.calibration is not None or args.calibration_tokens is not None
-    if calibrating and (gguf_out or args.quantize != "int8"):
-      raise UserError("--calibration and --calibration-tokens are for --quantize int8 into an Aurora checkpoint")
-    if (args.calibration_tokens or 0) < 0: raise UserError(f"--calibration-tokens must be 0 or more, got {args.calibration_tokens}")
+    if args.calibration is not None and (gguf_out or args.quantize != "int8"):
+      raise UserError("--calibration is for --quantize int8 into an Aurora checkpoint")
+    if args.calibration_tokens < 1: raise UserError(f"--calibration-tokens must be positive, got {args.calibration_tokens}")
     from aurora_tg import checkpoint, devices, hf
     from aurora_tg.quantize import quantize
     devices.select_device(args.device)
@@ -56,8 +56,8 @@ def main(argv=None) -> int:
       model, tokenizer, record = checkpoint.load_model(args.checkpoint)
       if args.quantize:
         if record.quantized: raise UserError(f"{args.checkpoint} is already quantized to {record.quantized}")
-        tokens = CALIBRATION_TOKENS if args.calibration_tokens is None else args.calibration_tokens
-        windows = calibration_windows(args.calibration, tokenizer, model.cfg.block_size, tokens) if args.quantize == "int8" and tokens else None
+        windows = None if args.calibration is None else \
+          calibration_windows(args.calibration or None, tokenizer, model.cfg.block_size, args.calibration_tokens)
         quantize(model, args.quantize, windows)
         checkpoint.save_quantized(args.out, model, tokenizer, record, args.quantize)
       else: hf.save(model, args.out, tokenizer)

@@ -61,12 +61,14 @@ class _Recorder:
     self.call, self.sum, self.count = call, 0.0, 0
 
   def __call__(self, x: Tensor) -> Tensor:
-    rows = x.reshape(-1, x.shape[-1]).float()
-    self.sum, self.count = self.sum + (rows.T @ rows).numpy().astype(np.float64), self.count + rows.shape[0]
+    # x^T x in numpy's BLAS: for GPT-2's 3,072-wide MLP inputs it costs as much as the layer, and tinygrad's
+    # unsearched matmul kernels are several times slower on a CPU
+    rows = x.reshape(-1, x.shape[-1]).float().numpy()
+    self.sum, self.count = self.sum + (rows.T @ rows).astype(np.float64), self.count + len(rows)
     return self.call(x)
 
 
-def input_moments(model: GPT, windows: list[list[int]], batch_size: int = 8, log=print) -> dict:
+def input_moments(model: GPT, windows: list[list[int]], batch_tokens: int = 2048, log=print) -> dict:
   """E[x x^T] of the input of each matrix the float model multiplies by, over token windows of one length: a dict
   from each Linear, and from the tied embedding for its LM head, to its (inputs x inputs) moment."""
   linears = [(owner, name, layer) for block in model.h for owner in (block.attn, block.mlp)
@@ -75,12 +77,13 @@ def input_moments(model: GPT, windows: list[list[int]], batch_size: int = 8, log
   recorders[model.wte] = _Recorder(model.wte.project)
   for owner, name, layer in linears: setattr(owner, name, recorders[layer])
   model.wte.project = recorders[model.wte]  # an instance attribute over the method, deleted after
-  started = time.perf_counter()
+  started, batch_size = time.perf_counter(), max(1, batch_tokens // len(windows[0]))
   try:
     for first in range(0, len(windows), batch_size):
       model(Tensor(windows[first:first + batch_size], device=model.wte.weight.device))  # the recorders realize what they need
       done, elapsed = min(first + batch_size, len(windows)), time.perf_counter() - started
-      log(f"calibrating int8: {done}/{len(windows)} windows | {done / elapsed:.1f} windows/s | {elapsed / done * (len(windows) - done):.0f}s left")
+      log(f"calibrating int8: {done}/{len(windows)} windows of {len(windows[0])} tokens | "
+          f"{done * len(windows[0]) / elapsed:,.0f} tokens/s | {elapsed / done * (len(windows) - done):.0f}s left")
   finally:
     for owner, name, layer in linears: setattr(owner, name, layer)
     del model.wte.project
@@ -133,12 +136,13 @@ def quantize(model: GPT, kind: str, calibration: list[list[int]] | None = None, 
   if kind not in KINDS: raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {kind!r}")
   if calibration and kind != "int8": raise UserError(f"calibration is for int8 weights; {kind} rounds to nearest")
   moments = input_moments(model, calibration, log=log) if calibration else {}
-  for block in model.h:
+  for i, block in enumerate(model.h):
     for owner in (block.attn, block.mlp):
       for name, layer in vars(owner).items():
         if not isinstance(layer, Linear): continue
         if kind == "int8": setattr(owner, name, Int8Linear(layer, moments.get(layer)))
         else: layer.weight = layer.weight.cast(dtypes.float16).contiguous().realize()
+    if moments: log(f"rounding int8 for the calibration: layer {i + 1}/{len(model.h)}")
   model.wte = Int8Embedding(model.wte, moments.get(model.wte)) if kind == "int8" else Float16Embedding(model.wte)
   return model
 

@@ -7,7 +7,7 @@
   llama.cpp's `perplexity --kl-divergence` reports "same top"), and how far its logits there are from float32's
   (root mean square): quantization's error, without the cascade.
 int8 comes twice: rounded to nearest (chat.py --quantize int8) and calibrated on the embedded corpus as
-`python -m aurora_tg.export --quantize int8` does by default (GPTQ rounding, aurora_tg/quantize.py).
+`python -m aurora_tg.export --quantize int8 --calibration` does (GPTQ rounding, aurora_tg/quantize.py).
 
   python bench/quantize_quality.py [--pretrain runs/small] [--chat runs/small-sft] [--questions 40] [--device CL]
 """

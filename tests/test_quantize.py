@@ -24,8 +24,7 @@ def run(tmp_path_factory):
 @pytest.mark.parametrize("kind, bytes_ratio, logit_error", [("float16", 0.5, 1e-2), ("int8", 0.25, 0.1)])
 def test_exported_quantized_checkpoint_loads_as_saved_and_chats(tmp_path, run, kind, bytes_ratio, logit_error):
   folder, tokenizer = run
-  nearest = ["--calibration-tokens", "0"] if kind == "int8" else []  # rounded as chat.py rounds at load time
-  assert export([str(folder), str(tmp_path / kind), "--quantize", kind, *nearest]) == 0
+  assert export([str(folder), str(tmp_path / kind), "--quantize", kind]) == 0
   loaded, _, record = checkpoint.load_model(tmp_path / kind)
   in_memory, _, _ = checkpoint.load_model(folder, kind)
   original, _, _ = checkpoint.load_model(folder)
@@ -101,7 +100,7 @@ def test_input_moments_are_the_layers_inputs(run):
   folder, tokenizer = run
   model, _, _ = checkpoint.load_model(folder)
   windows = [tokenizer.encode("the cat sat on the mat and the dog sat on the log")[:8], list(range(8))]
-  moments = input_moments(model, windows, batch_size=1, log=lambda *_: None)
+  moments = input_moments(model, windows, batch_tokens=8, log=lambda *_: None)
   sd = {k: v.numpy().astype(np.float64) for k, v in get_state_dict(model).items()}
   x = sd["wte.weight"][np.array(windows)] + sd["wpe.weight"][:8]
   x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5) * sd["h.0.ln_1.weight"] + sd["h.0.ln_1.bias"]
@@ -141,9 +140,9 @@ def test_calibrated_export_is_gptq_on_the_calibration_text(tmp_path, run):
 def test_bad_quantize_values_are_one_error_line(tmp_path, run):
   folder, _ = run
   assert_one_line_error(chat("--checkpoint", folder, "--quantize", "int4", "-p", "hi"), "--quantize must be one of float16, int8")
-  assert export([str(folder), str(tmp_path / "q"), "--quantize", "int8", "--calibration-tokens", "0"]) == 0
+  assert export([str(folder), str(tmp_path / "q"), "--quantize", "int8"]) == 0
   assert_one_line_error(chat("--checkpoint", tmp_path / "q", "--quantize", "float16", "-p", "hi"), "already quantized to int8")
-  for flags in (["--quantize", "float16", "--calibration-tokens", "64"], ["--quantize", "int8", "--calibration-tokens", "-1"]):
+  for flags in (["--quantize", "float16", "--calibration"], ["--quantize", "int8", "--calibration", "--calibration-tokens", "0"]):
     assert_one_line_error(run_main(export, [str(folder), str(tmp_path / "r"), *flags], "", tmp_path), "calibration")
 
 
