@@ -1,7 +1,7 @@
 """`python -m aurora_tg.export CHECKPOINT OUT`: write an Aurora model for other tools.
 - OUT a folder: Hugging Face's GPT-2 layout (config.json + model.safetensors), which transformers' GPT2LMHeadModel
   and other tools load. With --quantize, an Aurora checkpoint with quantized weights instead, which chat.py and the
-  evaluation load directly; with --calibration, int8 weights there are rounded for the activations of calibration
+  evaluation load directly; with --calibrate, int8 weights there are rounded for the activations of calibration
   text (GPTQ), which keeps the model's outputs closer to float32's than rounding to nearest.
 - OUT ending in .gguf: one GGUF file for llama.cpp, tokenizer included; --quantize float16 or int8 (llama.cpp's q8_0)."""
 import argparse, sys
@@ -18,11 +18,26 @@ def calibration_windows(spec: str | None, tokenizer, block_size: int, tokens: in
   from aurora_tg import data, prepare
   folder = prepare.prepared(spec, tokenizer)
   if data.read_manifest(folder)["identity"]["tokenizer"] != tokenizer.fingerprint():
-    raise UserError(f"the shards in {folder} were made with another tokenizer than the model's; give --calibration text")
-  text = np.concatenate(data.load_shards(folder)[0])
-  count = min(max(1, tokens // block_size), len(text) // block_size)
-  if count == 0: raise UserError(f"the calibration text has {len(text)} tokens, fewer than one window of {block_size}")
-  return [text[start:start + block_size].tolist() for start in np.linspace(0, len(text) - block_size, count).astype(int)]
+    raise UserError(f"the shards in {folder} were made with another tokenizer than the model's; give other calibration text")
+  shards = [shard for shard in data.load_shards(folder)[0] if len(shard) >= block_size]  # memory-mapped, read in place
+  if not shards: raise UserError(f"the calibration text has no training window of {block_size} tokens; give a longer text")
+  # windows at evenly spaced positions of the shards laid end to end, each inside its shard
+  starts = np.cumsum([0] + [len(shard) - block_size + 1 for shard in shards])
+  count = min(max(1, tokens // block_size), int(starts[-1]))
+  windows = []
+  for position in np.linspace(0, starts[-1] - 1, count).astype(int):
+    i = int(np.searchsorted(starts, position, side="right")) - 1
+    windows.append(shards[i][position - starts[i]:position - starts[i] + block_size].tolist())
+  return windows
+
+
+def check_calibration(args, gguf_out: bool):
+  if (args.calibration_data or args.calibration_tokens is not None) and not args.calibrate:
+    raise UserError("--calibration-data and --calibration-tokens go with --calibrate")
+  if args.calibrate and (gguf_out or args.quantize != "int8"):
+    raise UserError("--calibrate is for --quantize int8 into an Aurora checkpoint")
+  if args.calibration_tokens is not None and args.calibration_tokens < 1:
+    raise UserError(f"--calibration-tokens must be positive, got {args.calibration_tokens}")
 
 
 def main(argv=None) -> int:
@@ -32,19 +47,18 @@ def main(argv=None) -> int:
   p.add_argument("--device", help="tinygrad backend to load the model on (default: tinygrad's pick)")
   p.add_argument("--quantize", help="float16 or int8: an Aurora checkpoint with quantized weights into OUT, or, for a .gguf, "
                                     "float16 or q8_0 weights (default float32)")
-  p.add_argument("--calibration", nargs="?", const="", metavar="DATA",
-                 help="round int8 weights for the activations of text (GPTQ) rather than to nearest: DATA as train.py's "
-                      "--data, or no value for the embedded corpus (minutes for GPT-2 124M on a CPU)")
-  p.add_argument("--calibration-tokens", type=int, default=CALIBRATION_TOKENS, metavar="N",
-                 help=f"tokens of calibration text (default {CALIBRATION_TOKENS:,})")
+  p.add_argument("--calibrate", action="store_true", help="with --quantize int8: round the weights for the activations of "
+                                                           "calibration text (GPTQ), not to nearest (minutes for GPT-2 124M on a CPU)")
+  p.add_argument("--calibration-data", metavar="DATA", help="the calibration text, as train.py's --data (default: the embedded corpus)")
+  p.add_argument("--calibration-tokens", type=int, metavar="N", help=f"tokens of calibration text (default {CALIBRATION_TOKENS:,})")
   args = p.parse_args(argv)
   gguf_out = args.out.endswith(".gguf")
   try:
-    if args.calibration is not None and (gguf_out or args.quantize != "int8"):
-      raise UserError("--calibration is for --quantize int8 into an Aurora checkpoint")
-    if args.calibration_tokens < 1: raise UserError(f"--calibration-tokens must be positive, got {args.calibration_tokens}")
+    check_calibration(args, gguf_out)
     from aurora_tg import checkpoint, devices, hf
-    from aurora_tg.quantize import quantize
+    from aurora_tg.quantize import KINDS, quantize
+    if args.quantize and not gguf_out and args.quantize not in KINDS:  # refused before a model loads
+      raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {args.quantize!r}")
     devices.select_device(args.device)
     if gguf_out:
       from aurora_tg import gguf_export
@@ -56,8 +70,8 @@ def main(argv=None) -> int:
       model, tokenizer, record = checkpoint.load_model(args.checkpoint)
       if args.quantize:
         if record.quantized: raise UserError(f"{args.checkpoint} is already quantized to {record.quantized}")
-        windows = None if args.calibration is None else \
-          calibration_windows(args.calibration or None, tokenizer, model.cfg.block_size, args.calibration_tokens)
+        windows = calibration_windows(args.calibration_data, tokenizer, model.cfg.block_size,
+                                      args.calibration_tokens or CALIBRATION_TOKENS) if args.calibrate else None
         quantize(model, args.quantize, windows)
         checkpoint.save_quantized(args.out, model, tokenizer, record, args.quantize)
       else: hf.save(model, args.out, tokenizer)

@@ -33,12 +33,15 @@ def calibrated_codes(weight: np.ndarray, scale: np.ndarray, moment: np.ndarray, 
   weights close: GPTQ (Frantar et al., 2022). Input columns round one at a time, in order, and each rounding error is
   spread over the columns not yet rounded along the inverse of the inputs' second moment E[x x^T], so that the
   next roundings cancel what the inputs would see of it. Columns go in their own order: GPTQ's option of taking
-  the most active inputs first gave the default chat model larger logit errors (README). Written in numpy because
-  neither tinygrad nor numpy has it; it runs once, when a model is exported."""
+  the most active inputs first gave the default chat model larger logit errors (README). Written in numpy: it is
+  a column-by-column loop, which in tinygrad would be a few tiny kernels per column; it runs once, at export."""
   H = moment.astype(np.float64)  # a copy: damped in place below
   dead = np.diag(H) == 0
-  H[dead, dead] = 1  # an input that is always zero: its column rounds to nearest and passes no error on
-  H[np.diag_indices_from(H)] += damping * np.mean(np.diag(H))  # GPTQ's damping keeps the inverse well conditioned
+  # GPTQ's damping keeps the inverse well conditioned; its size follows the live inputs alone, and an input that is
+  # always zero gets a diagonal of its own, so its column rounds to nearest and passes no error on
+  live = np.diag(H)[~dead]
+  H[np.diag_indices_from(H)] += damping * (live.mean() if live.size else 1.0)
+  H[dead, dead] = 1
   inverse_factor = np.linalg.cholesky(np.linalg.inv(H)).T  # upper triangular U with U^T U = H^-1
   W, n = weight.astype(np.float64), weight.shape[1]
   codes = np.empty(weight.shape, np.int8)
@@ -75,10 +78,10 @@ def input_moments(model: GPT, windows: list[list[int]], batch_tokens: int = 2048
              for name, layer in vars(owner).items() if isinstance(layer, Linear)]
   recorders = {layer: _Recorder(layer) for _, _, layer in linears}
   recorders[model.wte] = _Recorder(model.wte.project)
-  for owner, name, layer in linears: setattr(owner, name, recorders[layer])
-  model.wte.project = recorders[model.wte]  # an instance attribute over the method, deleted after
   started, batch_size = time.perf_counter(), max(1, batch_tokens // len(windows[0]))
   try:
+    for owner, name, layer in linears: setattr(owner, name, recorders[layer])
+    model.wte.project = recorders[model.wte]  # an instance attribute over the method, deleted after
     for first in range(0, len(windows), batch_size):
       model(Tensor(windows[first:first + batch_size], device=model.wte.weight.device))  # the recorders realize what they need
       done, elapsed = min(first + batch_size, len(windows)), time.perf_counter() - started
@@ -86,7 +89,7 @@ def input_moments(model: GPT, windows: list[list[int]], batch_tokens: int = 2048
           f"{done * len(windows[0]) / elapsed:,.0f} tokens/s | {elapsed / done * (len(windows) - done):.0f}s left")
   finally:
     for owner, name, layer in linears: setattr(owner, name, layer)
-    del model.wte.project
+    vars(model.wte).pop("project", None)
   return {layer: r.sum / r.count for layer, r in recorders.items()}
 
 
@@ -142,8 +145,9 @@ def quantize(model: GPT, kind: str, calibration: list[list[int]] | None = None, 
         if not isinstance(layer, Linear): continue
         if kind == "int8": setattr(owner, name, Int8Linear(layer, moments.get(layer)))
         else: layer.weight = layer.weight.cast(dtypes.float16).contiguous().realize()
-    if moments: log(f"rounding int8 for the calibration: layer {i + 1}/{len(model.h)}")
+    if moments: log(f"calibrated rounding: layer {i + 1}/{len(model.h)}")
   model.wte = Int8Embedding(model.wte, moments.get(model.wte)) if kind == "int8" else Float16Embedding(model.wte)
+  if moments: log("calibrated rounding: the tied embedding and LM head")
   return model
 
 

@@ -7,7 +7,7 @@
   llama.cpp's `perplexity --kl-divergence` reports "same top"), and how far its logits there are from float32's
   (root mean square): quantization's error, without the cascade.
 int8 comes twice: rounded to nearest (chat.py --quantize int8) and calibrated on the embedded corpus as
-`python -m aurora_tg.export --quantize int8 --calibration` does (GPTQ rounding, aurora_tg/quantize.py).
+`python -m aurora_tg.export RUN OUT --quantize int8 --calibrate` does (GPTQ rounding, aurora_tg/quantize.py).
 
   python bench/quantize_quality.py [--pretrain runs/small] [--chat runs/small-sft] [--questions 40] [--device CL]
 """
@@ -55,7 +55,7 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]]) -> list[list[int]
 
 
 def load(path: str, kind: str | None):
-  """The model at path as `kind` of KINDS quantizes it."""
+  """The model at path, quantized as `kind` (one of KINDS) says."""
   from aurora_tg import checkpoint
   from aurora_tg.export import CALIBRATION_TOKENS, calibration_windows
   from aurora_tg.quantize import quantize

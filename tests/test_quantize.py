@@ -86,12 +86,23 @@ def test_calibrated_codes_are_gptqs(seed, n_out, n_in, block):
 
 
 def test_calibrated_codes_round_to_nearest_for_uncorrelated_inputs():
-  """With E[x x^T] diagonal, an error in one input cannot be cancelled by another: GPTQ is rounding to nearest. An
-  input that is always zero (a zero row and column) is the same, and must not break the inverse."""
+  """With E[x x^T] diagonal, an error in one input cannot be cancelled by another: GPTQ is rounding to nearest."""
   weight, scale, _ = correlated_layer(3, 12, 20)
   moment = np.diag(np.random.default_rng(3).uniform(0.5, 2, 20))
-  moment[5, 5] = 0
   np.testing.assert_array_equal(calibrated_codes(weight, scale, moment), nearest_codes(weight, scale))
+
+
+def test_an_input_that_is_always_zero_changes_nothing_else():
+  """A dead input (a zero row and column of the moment) rounds to nearest, and the live inputs' codes are those of the
+  layer without it: it neither takes errors nor dilutes the damping. An all-zero moment rounds everything to nearest."""
+  weight, scale, moment = correlated_layer(4, 10, 30)
+  dead = np.zeros(30, bool)
+  dead[[3, 17, 18]] = True
+  moment[dead], moment[:, dead] = 0, 0
+  codes = calibrated_codes(weight, scale, moment, block=8)
+  np.testing.assert_array_equal(codes[:, dead], nearest_codes(weight, scale)[:, dead])
+  np.testing.assert_array_equal(codes[:, ~dead], calibrated_codes(weight[:, ~dead], scale, moment[~dead][:, ~dead], block=8))
+  np.testing.assert_array_equal(calibrated_codes(weight, scale, np.zeros_like(moment)), nearest_codes(weight, scale))
 
 
 def test_input_moments_are_the_layers_inputs(run):
@@ -114,12 +125,14 @@ def test_input_moments_are_the_layers_inputs(run):
 
 
 def test_calibrated_export_is_gptq_on_the_calibration_text(tmp_path, run):
-  """`export --quantize int8 --calibration TEXT` writes the codes quantize() calibrates on windows spread over TEXT,
-  with the scales and format of rounding to nearest (so the same speed) but other codes; it loads and chats."""
+  """`export --quantize int8 --calibrate --calibration-data TEXT` writes the codes quantize() calibrates on windows
+  spread over TEXT, with the scales and format of rounding to nearest (so the same speed) but other codes; it loads
+  and chats."""
   folder, tokenizer = run
   text = tmp_path / "calibration.txt"
   text.write_text(sample_text() * 4)
-  assert export([str(folder), str(tmp_path / "calibrated"), "--quantize", "int8", "--calibration", str(text), "--calibration-tokens", "1024"]) == 0
+  assert export([str(folder), str(tmp_path / "calibrated"), "--quantize", "int8", "--calibrate", "--calibration-data", str(text),
+                 "--calibration-tokens", "1024"]) == 0
   exported, _, record = checkpoint.load_model(tmp_path / "calibrated")
   original, _, _ = checkpoint.load_model(folder)
   windows = calibration_windows(str(text), tokenizer, original.cfg.block_size, 1024)
@@ -142,8 +155,14 @@ def test_bad_quantize_values_are_one_error_line(tmp_path, run):
   assert_one_line_error(chat("--checkpoint", folder, "--quantize", "int4", "-p", "hi"), "--quantize must be one of float16, int8")
   assert export([str(folder), str(tmp_path / "q"), "--quantize", "int8"]) == 0
   assert_one_line_error(chat("--checkpoint", tmp_path / "q", "--quantize", "float16", "-p", "hi"), "already quantized to int8")
-  for flags in (["--quantize", "float16", "--calibration"], ["--quantize", "int8", "--calibration", "--calibration-tokens", "0"]):
-    assert_one_line_error(run_main(export, [str(folder), str(tmp_path / "r"), *flags], "", tmp_path), "calibration")
+  short = tmp_path / "short.txt"
+  short.write_text("too short to hold a window")
+  for flags, message in ((["--quantize", "int4"], "--quantize must be one of float16, int8"),
+                         (["--quantize", "float16", "--calibrate"], "--calibrate is for --quantize int8"),
+                         (["--quantize", "int8", "--calibrate", "--calibration-tokens", "0"], "must be positive"),
+                         (["--quantize", "int8", "--calibration-data", str(short)], "go with --calibrate"),
+                         (["--quantize", "int8", "--calibrate", "--calibration-data", str(short)], "no training window")):
+    assert_one_line_error(run_main(export, [str(folder), str(tmp_path / "r"), *flags], "", tmp_path), message)
 
 
 def test_quantize_refuses_an_unknown_kind(run):
