@@ -8,7 +8,7 @@ from aurora_tg import UserError, config, devices, hf, hub, lora
 from aurora_tg.config import StageConfig
 from aurora_tg.files import read_safetensors, safetensors_header, write_atomically, write_safetensors
 from aurora_tg.model import GPT, GPTConfig
-from aurora_tg.quantize import KINDS, quantize
+from aurora_tg.quantize import check_kind, quantize
 from aurora_tg.tokenizer import Tokenizer, gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
@@ -190,7 +190,7 @@ def load_model(path: str | Path, quantized: str | None = None) -> tuple[GPT, Tok
   GPT-2 folder comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat
   tokens. quantized (float16 or int8): quantize the weights as they load (aurora_tg/quantize.py)."""
   if quantized is None: return _load_model(path)
-  if quantized not in KINDS: raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {quantized!r}")
+  check_kind(quantized)
   model, tokenizer, record = _load_model(path)
   if record.quantized and record.quantized != quantized:
     raise UserError(f"{path} is already quantized to {record.quantized}; it cannot become {quantized}")

@@ -15,11 +15,8 @@ CALIBRATION_TOKENS = 8192  # the default chat model's int8 logits gained nothing
 def calibration_windows(spec: str | None, tokenizer, block_size: int, tokens: int) -> list[list[int]]:
   """About `tokens` tokens of text in windows of the model's context, spread evenly over the training split of a
   corpus (spec as train.py's --data; None: the embedded default corpus) prepared for the model's tokenizer."""
-  from aurora_tg import data, prepare
-  folder = prepare.prepared(spec, tokenizer)
-  if data.read_manifest(folder)["identity"]["tokenizer"] != tokenizer.fingerprint():
-    raise UserError(f"the shards in {folder} were made with another tokenizer than the model's; give other calibration text")
-  shards = [shard for shard in data.load_shards(folder)[0] if len(shard) >= block_size]  # memory-mapped, read in place
+  from aurora_tg import prepare
+  shards = [shard for shard in prepare.shards_for(spec, tokenizer)[0] if len(shard) >= block_size]  # memory-mapped, read in place
   if not shards: raise UserError(f"the calibration text has no training window of {block_size} tokens; give a longer text")
   # windows at evenly spaced positions of the shards laid end to end, each inside its shard
   starts = np.cumsum([0] + [len(shard) - block_size + 1 for shard in shards])
@@ -56,9 +53,8 @@ def main(argv=None) -> int:
   try:
     check_calibration(args, gguf_out)
     from aurora_tg import checkpoint, devices, hf
-    from aurora_tg.quantize import KINDS, quantize
-    if args.quantize and not gguf_out and args.quantize not in KINDS:  # refused before a model loads
-      raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {args.quantize!r}")
+    from aurora_tg.quantize import check_kind, quantize
+    if args.quantize and not gguf_out: check_kind(args.quantize)  # refused before a model loads
     devices.select_device(args.device)
     if gguf_out:
       from aurora_tg import gguf_export

@@ -213,12 +213,18 @@ def prepared(spec: str | None, tokenizer: Tokenizer, workers: int = 0, max_token
   return prepare(source, tokenizer, cache_dir() / "shards" / key, workers, max_tokens, log=log)
 
 
-def token_data(cfg, tokenizer: Tokenizer, block_size: int, workers: int = 0) -> TokenData:
-  """The training data of a stage that trains on text (config.TextData): its --data prepared for the tokenizer."""
-  folder = prepared(cfg.data, tokenizer, workers, cfg.max_tokens, cfg.text_field)
+def shards_for(spec: str | None, tokenizer: Tokenizer, workers: int = 0, max_tokens: int | None = None,
+               text_field: str = "text") -> tuple[list[np.ndarray], list[np.ndarray]]:
+  """The train and validation shards of --data spec (None: the embedded corpus), prepared for this tokenizer."""
+  folder = prepared(spec, tokenizer, workers, max_tokens, text_field)
   if read_manifest(folder)["identity"]["tokenizer"] != tokenizer.fingerprint():
     raise UserError(f"the shards in {folder} were made with another tokenizer than the model's; prepare the data for it")
-  train, val = load_shards(folder)
+  return load_shards(folder)
+
+
+def token_data(cfg, tokenizer: Tokenizer, block_size: int, workers: int = 0) -> TokenData:
+  """The training data of a stage that trains on text (config.TextData): its --data prepared for the tokenizer."""
+  train, val = shards_for(cfg.data, tokenizer, workers, cfg.max_tokens, cfg.text_field)
   return TokenData(train, block_size, val=val, order=cfg.data_order, seed=cfg.train.seed)
 
 

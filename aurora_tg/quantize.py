@@ -17,6 +17,10 @@ from aurora_tg.model import GPT, Linear, TiedEmbedding
 KINDS = ("float16", "int8")
 
 
+def check_kind(kind: str):
+  if kind not in KINDS: raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {kind!r}")
+
+
 def int8_rows(weight: Tensor, moment: np.ndarray | None = None) -> tuple[Tensor, Tensor]:
   """(int8 weight, float32 scale per row) with weight ~ int8 * scale: rounded to nearest, the error at most scale/2,
   or, given the second moment of the layer's input (input_moments), rounded by calibrated_codes."""
@@ -136,7 +140,7 @@ def quantize(model: GPT, kind: str, calibration: list[list[int]] | None = None, 
   """Quantize the model's matrices (every Linear and the tied embedding) in place; biases, norms and the position
   embedding are small and stay float32. calibration (int8 only): token windows of one length, whose activations
   choose the int8 rounding (calibrated_codes); without it, weights round to nearest."""
-  if kind not in KINDS: raise UserError(f"--quantize must be one of {', '.join(KINDS)}, got {kind!r}")
+  check_kind(kind)
   if calibration and kind != "int8": raise UserError(f"calibration is for int8 weights; {kind} rounds to nearest")
   moments = input_moments(model, calibration, log=log) if calibration else {}
   for i, block in enumerate(model.h):
