@@ -47,8 +47,8 @@ class BatchDecoder:
     self.chunk = max(1, min(chunk, self.block))
     self.caches = model.new_kv_caches(slots)
     self.params = Tensor.zeros(slots, 4).contiguous().realize()
-    self.seen = Tensor.zeros(slots, model.cfg.vocab_size, dtype=dtypes.bool).contiguous().realize()
-    self.vocab = Tensor.arange(model.cfg.vocab_size).unsqueeze(0).realize()
+    self.seen = Tensor.zeros(slots, model.head_rows, dtype=dtypes.bool).contiguous().realize()  # as wide as the logits
+    self.vocab = Tensor.arange(model.head_rows).unsqueeze(0).realize()
     self._steps = {(width, mode): TinyJit(lambda *a, mode=mode: self._step(*a, mode)) for width in (1, self.chunk) for mode in MODES}
     # per width: tokens, starts, lengths, sampled, keys (see step)
     self.inputs = {width: tuple(Tensor.zeros(*shape, dtype=dtype).contiguous().realize() for shape, dtype in

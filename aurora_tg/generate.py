@@ -32,8 +32,8 @@ class Generator:
     self.cached: list[int] = []  # the tokens whose keys and values the cache holds, from position 0
     # the sampler's per-request state lives on the device, so a decode step sends the host one token id back
     self.params = Tensor.zeros(1, 4).contiguous().realize()
-    self.seen = Tensor.zeros(1, vocab, dtype=dtypes.bool).contiguous().realize()
-    self.vocab = Tensor.arange(vocab).unsqueeze(0).realize()
+    self.seen = Tensor.zeros(1, model.head_rows, dtype=dtypes.bool).contiguous().realize()  # as wide as the logits
+    self.vocab = Tensor.arange(model.head_rows).unsqueeze(0).realize()
     self._samplers = {mode: TinyJit(lambda logits, lo, hi, mode=mode: self._choose(logits, Tensor.stack(Tensor(lo), Tensor(hi)).reshape(1, 2), mode))
                       for mode in MODES}  # the key's two uint32 halves become the (1, 2) key tensor sample() takes
     self.start(Sampling(temperature=0))
@@ -55,12 +55,12 @@ class Generator:
     Tensor.realize(self.params.assign(Tensor([s.row()])), self.seen.assign(Tensor(mask)))
 
   def choose(self, logits: Tensor) -> int:
-    """The next token from logits (1, vocab) on the device, by the settings start() gave; only its id is copied."""
+    """The next token from logits (1, model.head_rows) on the device, by the settings start() gave; only its id is copied."""
     key = (half.bind(int(value)) for half, value in zip(self.key, key_rows([self.rng])[0]))
     with Context(BEAM=self.beam): return int(self._samplers[self.sampling.mode](logits, *key).numpy()[0])
 
   def prefill(self, ids: list[int]) -> Tensor:
-    """Fill the cache with ids (reusing the prefix it already holds); the logits (1, vocab) for the next token, on the device."""
+    """Fill the cache with ids (reusing the prefix it already holds); the logits (1, model.head_rows) for the next token, on the device."""
     if not 0 < len(ids) <= self.block_size: raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.block_size}")
     done = 0
     while done < min(len(self.cached), len(ids) - 1) and self.cached[done] == ids[done]: done += 1
@@ -79,7 +79,7 @@ class Generator:
     return logits
 
   def decode(self, token: int, position: int) -> Tensor:
-    """Feed the token at `position` (right after the cached ones); the logits (1, vocab) for the next token, on the device."""
+    """Feed the token at `position` (right after the cached ones); the logits (1, model.head_rows) for the next token, on the device."""
     token = int(token)
     if not 0 <= token < self.model.cfg.vocab_size: raise ValueError(f"token {token} is outside the vocabulary")
     self.cached = self.cached[:position]

@@ -221,7 +221,7 @@ class TiedEmbedding(nn.Embedding):
     self.weight = Tensor.normal(vocab_size, dim, std=0.02)
 
   def pad_rows(self, multiple: int = 64):
-    """For inference only: zero rows up to a multiple of `multiple`, whose logits GPT drops again. A decoded token's
+    """For inference only: zero rows up to a multiple of `multiple`, whose logits GPT makes -inf. A decoded token's
     LM head is a matrix-vector product, and tinygrad's matvec kernel needs a row count that divides evenly (GPT-2's
     50,257 does not); GPT-2 124M's head then runs several times faster (README, bench/decode.py)."""
     self.weight = self.weight.pad(((0, -self.weight.shape[0] % multiple), (0, 0))).contiguous().realize()
@@ -244,10 +244,11 @@ class GPT:
     self.compute_dtype = dtypes.float32
 
   def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0, at=None) -> Tensor:
-    """Token ids (B, T) -> logits (B, T, vocab). The LM head is tied to the token embedding.
+    """Token ids (B, T) -> logits (B, T, head_rows): the vocabulary's, then -inf for any padding. The LM head is tied
+    to the token embedding.
     With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable), or
     at each row's own positions (Rows). With `at` (an int or a bound Variable; with Rows, a (B,) tensor), only the
-    logits of that position of idx: (B, 1, vocab)."""
+    logits of that position of idx: (B, 1, head_rows)."""
     B, T = idx.shape
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
     x = self.wte(idx)
@@ -265,8 +266,15 @@ class GPT:
     if isinstance(at, Tensor): x = (at.reshape(B, 1, 1) == Tensor.arange(T).to(x.device).reshape(1, T, 1)).where(x, 0).sum(1, keepdim=True)
     elif at is not None: x = x[:, at:at + 1]
     logits = self.wte.project(self.ln_f(x))
-    # a head padded for decoding (TiedEmbedding.pad_rows) has rows past the vocabulary: their logits go
-    return logits[..., :self.cfg.vocab_size] if logits.shape[-1] > self.cfg.vocab_size else logits
+    if logits.shape[-1] == self.cfg.vocab_size: return logits
+    # a head padded for decoding (TiedEmbedding.pad_rows) has rows past the vocabulary: their logits are -inf, never
+    # chosen. The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower
+    return (Tensor.arange(logits.shape[-1]).to(logits.device) < self.cfg.vocab_size).where(logits, float("-inf"))
+
+  @property
+  def head_rows(self) -> int:
+    """The logits' width: the vocabulary, or more once the head is padded for decoding (TiedEmbedding.pad_rows)."""
+    return self.wte.weight.shape[0]
 
   def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
     """One preallocated (2, B, heads, block_size, head_dim) key/value buffer per layer, kept outside the model so

@@ -173,7 +173,8 @@ def test_quantize_refuses_an_unknown_kind(run):
 
 @pytest.mark.parametrize("kind", [None, "float16", "int8"])
 def test_a_head_padded_for_decoding_gives_the_vocabularys_logits(run, kind):
-  """chat.py pads the LM head's rows to a multiple of 64; the model's logits keep the vocabulary's width and values."""
+  """chat.py pads the LM head's rows to a multiple of 64; the model's logits keep the vocabulary's values and are -inf
+  past it, so that no sampler picks a padding row."""
   folder, tokenizer = run
   model, _, _ = checkpoint.load_model(folder, kind)
   ids = Tensor([tokenizer.encode("the cat sat on the mat")])
@@ -182,5 +183,6 @@ def test_a_head_padded_for_decoding_gives_the_vocabularys_logits(run, kind):
   model.wte.pad_rows()
   assert model.wte.weight.shape[0] % 64 == 0
   after = model(ids).numpy()
-  assert after.shape == before.shape
-  np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
+  assert after.shape == (*before.shape[:-1], model.head_rows) and model.head_rows == model.wte.weight.shape[0]
+  np.testing.assert_allclose(after[..., :model.cfg.vocab_size], before, rtol=1e-5, atol=1e-5 * np.abs(before).max())
+  assert np.isneginf(after[..., model.cfg.vocab_size:]).all()

@@ -111,3 +111,18 @@ def test_the_seed_replays_and_rows_draw_independently():
   np.testing.assert_array_equal(draw(logits, s, seed=7), first)
   assert (draw(logits, s, seed=8) != first).any()
   assert len(set(first.tolist())) > 10  # rows of the same logits draw different tokens
+
+
+def test_a_padded_head_s_minus_infinity_tail_changes_no_draw():
+  """A head padded for decoding (model.TiedEmbedding.pad_rows) gives -inf logits past the vocabulary: in every mode,
+  also with a top-k larger than the vocabulary, the seeded draws equal those from the vocabulary's logits alone."""
+  logits = random_logits(128, 5)
+  padded = np.concatenate([logits, np.full((128, 24), -np.inf)], axis=1)
+  settings = [Sampling(temperature=0), Sampling(temperature=0, repetition_penalty=1.5), Sampling(temperature=5.0),
+              Sampling(temperature=5.0, top_k=VOCAB + 10), Sampling(temperature=2.0, top_k=5, top_p=0.9, repetition_penalty=1.2)]
+  for s in settings:
+    seen = [[1, 2]] * 128
+    tokens = draw(padded, [s] * 128, seen, seed=3, mode=s.mode)
+    np.testing.assert_array_equal(tokens, draw(logits, [s] * 128, seen, seed=3, mode=s.mode), err_msg=str(s))
+    assert (tokens < VOCAB).all()
+  assert len(set(tokens.tolist())) > 3
