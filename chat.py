@@ -9,7 +9,7 @@ def parse_args(argv=None):
   p.add_argument("--checkpoint", help="a run folder, a checkpoint file, a Hugging Face GPT-2 folder, or a hub model id such as gpt2 "
                  "(default: the newest under runs/)")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick); without a GPU, "
-                 "CPU decodes small models fastest and CL larger ones (README)")
+                 "CL (PoCL) decodes fastest at most sizes (README)")
   p.add_argument("-p", "--prompt", nargs="?", const="-", help="answer one question and exit; without TEXT, read it from stdin")
   p.add_argument("--complete", metavar="TEXT", help="continue raw text instead of chatting (for base models)")
   p.add_argument("--system", help="system prompt")

@@ -2,9 +2,8 @@
 has for CUDA, Metal and its HCQ runtimes but not for OpenCL.
 
 Without a graph, TinyJit launches each kernel of a step through tinygrad's general path, which works out the
-kernel's buffers, arguments and launch size from the captured step every time: about 40 us of Python per kernel on
-a 2-core CPU, where PoCL takes a prepared launch in 3 (bench/cl_launch.py). GPT-2's decode step has 200 kernels,
-so a third of each token went to that Python. CLGraph prepares each kernel once, as a cl_kernel of its own whose
+kernel's buffers, arguments and launch size from the captured step every time: 30 us of Python per kernel on a
+2-core CPU, where PoCL takes a prepared launch in 3 (bench/cl_launch.py). GPT-2's decode step has about 200 kernels. CLGraph prepares each kernel once, as a cl_kernel of its own whose
 buffer arguments stay set; a replay sets only what changes (the step's input buffers, the symbolic variables such
 as the decoding position, and the launch sizes that follow them) and enqueues the kernels in order on the device's
 in-order queue."""
@@ -19,8 +18,8 @@ from tinygrad.runtime.ops_cl import check, checked
 class CLGraph(GraphRunner):
   def __init__(self, linear, input_uops=()):
     super().__init__(linear, input_uops)
-    first_buffer = self.calls[0][2][0]
-    self.dev = Device[first_buffer.device]
+    self.device_name = self.calls[0][2][0].device
+    self.dev = Device[self.device_name]
     self.kernels, self.sizes, self.inputs, self.variables = [], [], [], []
     for j, ((_, program, bufs, device_vars), runtime) in enumerate(zip(self.calls, self.runtimes)):
       info = program.arg
@@ -30,13 +29,14 @@ class CLGraph(GraphRunner):
       replaced = dict(self.uop_replace[j])  # call argument position -> the step's input it takes
       for index, (_, slot, dtype, _) in enumerate(runtime.signature):
         if slot < len(args):
-          if (position := info.globals[slot]) in replaced: self.inputs.append((kernel, index, replaced[position], first_buffer.device))
-          else: self._set(kernel, index, args[slot].get_buf(first_buffer.device))
+          if (position := info.globals[slot]) in replaced: self.inputs.append((kernel, index, replaced[position]))
+          else: self._set(kernel, index, args[slot].get_buf(self.device_name))
         else:
           variable, kind = info.vars[slot - len(args)].expr, getattr(ctypes, f"c_int{dtype.bitsize}")
           if variable in device_vars: self._set(kernel, index, kind(device_vars[variable]))
           else: self.variables.append((kernel, index, variable, kind))
-      self.sizes.append(self._launch_size(*info.launch_dims({v: 0 for v in self.vars})))
+      # a launch size that follows a variable is worked out at every replay (updated_launch_dims)
+      self.sizes.append(None if j in self.launch_dims_replace else self._launch_size(*info.launch_dims({})))
 
   @staticmethod
   def _set(kernel, index: int, value): check(cl.clSetKernelArg(kernel, index, ctypes.sizeof(value), ctypes.byref(value)))
@@ -49,7 +49,7 @@ class CLGraph(GraphRunner):
     return (ctypes.c_size_t * len(total))(*total), (ctypes.c_size_t * len(local_size))(*local_size)
 
   def __call__(self, input_uops, var_vals: dict[str, int], wait=False) -> float | None:
-    for kernel, index, slot, device in self.inputs: self._set(kernel, index, input_uops[slot].buffer.get_buf(device))
+    for kernel, index, slot in self.inputs: self._set(kernel, index, input_uops[slot].buffer.get_buf(self.device_name))
     for kernel, index, variable, kind in self.variables: self._set(kernel, index, kind(var_vals[variable]))
     for j, global_size, local_size in self.updated_launch_dims(var_vals): self.sizes[j] = self._launch_size(global_size, local_size)
     started = time.perf_counter()
@@ -60,7 +60,9 @@ class CLGraph(GraphRunner):
     return time.perf_counter() - started
 
   def __del__(self):
-    for kernel in getattr(self, "kernels", ()): cl.clReleaseKernel(kernel)
+    try:
+      for kernel in self.kernels: cl.clReleaseKernel(kernel)
+    except (TypeError, AttributeError): pass  # as tinygrad's CLProgram: at interpreter exit the library may be gone
 
 
 def install(device: str) -> bool:

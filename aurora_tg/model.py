@@ -276,7 +276,8 @@ class GPT:
 
   @property
   def head_rows(self) -> int:
-    """The logits' width: the vocabulary, or more once the head is padded for decoding (TiedEmbedding.pad_rows)."""
+    """The logits' width: the vocabulary, or more once the head is padded for decoding (TiedEmbedding.pad_rows, which
+    comes before a Generator or BatchDecoder is built: they size the sampler's state by it)."""
     return self.wte.weight.shape[0]
 
   def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:

@@ -125,4 +125,4 @@ def test_a_padded_head_s_minus_infinity_tail_changes_no_draw():
     tokens = draw(padded, [s] * 128, seen, seed=3, mode=s.mode)
     np.testing.assert_array_equal(tokens, draw(logits, [s] * 128, seen, seed=3, mode=s.mode), err_msg=str(s))
     assert (tokens < VOCAB).all()
-  assert len(set(tokens.tolist())) > 3
+    if s.temperature >= 2: assert len(set(tokens.tolist())) > 3, s  # sampling, not stuck on one token
