@@ -3,10 +3,10 @@ has for CUDA, Metal and its HCQ runtimes but not for OpenCL.
 
 Without a graph, TinyJit launches each kernel of a step through tinygrad's general path, which works out the
 kernel's buffers, arguments and launch size from the captured step every time: 30 us of Python per kernel on a
-2-core CPU, where PoCL takes a prepared launch in 3 (bench/cl_launch.py). GPT-2's decode step has about 200 kernels. CLGraph prepares each kernel once, as a cl_kernel of its own whose
-buffer arguments stay set; a replay sets only what changes (the step's input buffers, the symbolic variables such
-as the decoding position, and the launch sizes that follow them) and enqueues the kernels in order on the device's
-in-order queue."""
+2-core CPU, where PoCL takes a prepared launch in 3 (bench/cl_launch.py). GPT-2's decode step has about 200 kernels.
+CLGraph prepares each kernel once, as a cl_kernel of its own whose buffer arguments stay set; a replay sets only
+what changes (the step's input buffers, the symbolic variables such as the decoding position, and the launch sizes
+that follow them) and enqueues the kernels in order on the device's in-order queue."""
 import ctypes, time
 from tinygrad import Device
 from tinygrad.engine.jit import GraphRunner

@@ -55,12 +55,14 @@ class Generator:
     Tensor.realize(self.params.assign(Tensor([s.row()])), self.seen.assign(Tensor(mask)))
 
   def choose(self, logits: Tensor) -> int:
-    """The next token from logits (1, model.head_rows) on the device, by the settings start() gave; only its id is copied."""
+    """The next token from logits (1, model.head_rows) on the device, by the settings start() gave; only its id is
+    copied."""
     key = (half.bind(int(value)) for half, value in zip(self.key, key_rows([self.rng])[0]))
     with Context(BEAM=self.beam): return int(self._samplers[self.sampling.mode](logits, *key).numpy()[0])
 
   def prefill(self, ids: list[int]) -> Tensor:
-    """Fill the cache with ids (reusing the prefix it already holds); the logits (1, model.head_rows) for the next token, on the device."""
+    """Fill the cache with ids (reusing the prefix it already holds); the logits (1, model.head_rows) for the next
+    token, on the device."""
     if not 0 < len(ids) <= self.block_size: raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.block_size}")
     done = 0
     while done < min(len(self.cached), len(ids) - 1) and self.cached[done] == ids[done]: done += 1
@@ -79,7 +81,8 @@ class Generator:
     return logits
 
   def decode(self, token: int, position: int) -> Tensor:
-    """Feed the token at `position` (right after the cached ones); the logits (1, model.head_rows) for the next token, on the device."""
+    """Feed the token at `position` (right after the cached ones); the logits (1, model.head_rows) for the next token,
+    on the device."""
     token = int(token)
     if not 0 <= token < self.model.cfg.vocab_size: raise ValueError(f"token {token} is outside the vocabulary")
     self.cached = self.cached[:position]

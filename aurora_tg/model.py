@@ -138,8 +138,8 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = N
   Tq, Tk = q.shape[2], k.shape[2]
   # One query (decoding): the product with each key summed over the head's width. As a matmul, tinygrad turned the
   # cache's view of symbolic length into index arithmetic dividing by that length, and the kernel ran 2x slower.
-  if Tq == 1: scores = (q * k).sum(-1).unsqueeze(-2) * (1.0 / math.sqrt(q.shape[-1]))
-  else: scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+  products = (q * k).sum(-1).unsqueeze(-2) if Tq == 1 else q @ k.transpose(-1, -2)
+  scores = products * (1.0 / math.sqrt(q.shape[-1]))
   if visible is not None: scores = visible.where(scores, float("-inf"))
   # a single query is the newest position and sees every key: no mask, which lets Tk stay symbolic when decoding
   elif Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool", device=scores.device).tril(Tk - Tq).where(scores, float("-inf"))
