@@ -10,18 +10,9 @@ from dataclasses import dataclass, field, replace
 from typing import Callable
 import numpy as np
 from tinygrad import Context, Tensor, TinyJit, dtypes
-from tinygrad.device import Buffer
+from aurora_tg.host_copy import read, write
 from aurora_tg.model import GPT, Rows
 from aurora_tg.sampling import MODES, Sampling, key_rows, sample
-
-
-def write(tensor: Tensor, values: np.ndarray):
-  """Copy host values into a realized device tensor, in place. A tensor made from host data costs tinygrad a
-  schedule of its own (1 to 3 ms of Python here, about a step of the small preset), so a step's inputs are written
-  into buffers made once; a plain copy between buffers is what tinygrad's own Tensor.numpy() does the other way."""
-  if values.shape != tensor.shape: raise ValueError(f"values of shape {values.shape} for a buffer of {tensor.shape}")
-  data = np.ascontiguousarray(values, dtype=np.dtype(tensor.dtype.fmt))
-  tensor.uop.buffer.copy_from(Buffer("PYTHON", data.size, tensor.dtype, opaque=memoryview(bytearray(data.tobytes()))))
 
 
 class Busy(Exception):
@@ -82,7 +73,7 @@ class BatchDecoder:
     inputs = self.inputs[tokens.shape[1]]
     for tensor, values in zip(inputs, (tokens, starts, lengths, sampled, keys)): write(tensor, values)
     with Context(BEAM=self.beam):  # the kernel search (Generator's beam) happens as the step compiles
-      return self._steps[(tokens.shape[1], mode)](*inputs).numpy()
+      return read(self._steps[(tokens.shape[1], mode)](*inputs))
 
 
 def widest_mode(requests: list[Request]) -> str:

@@ -3,15 +3,16 @@ on the device (aurora_tg/sampling.py)."""
 from typing import Iterator
 import numpy as np
 from tinygrad import Context, Tensor, TinyJit, Variable, dtypes
+from aurora_tg.host_copy import read
 from aurora_tg.model import GPT
 from aurora_tg.sampling import MODES, Sampling, key_rows, sample
 
 
 class Generator:
-  """Owns the KV cache of one conversation stream. Prefill runs fixed-size chunks and decode single tokens, each
-  under TinyJit with the position passed as a symbolic variable, so one compiled kernel set serves every position
-  and prompt length. The cache remembers which tokens it holds: a follow-up prompt that extends them (the next
-  chat turn) only prefills its new tokens.
+  """Owns the KV cache of one conversation stream. Prefill runs fixed-size chunks, and decode single tokens together
+  with the choice of the next one, each under TinyJit with the position passed as a symbolic variable, so one
+  compiled kernel set serves every position and prompt length. The cache remembers which tokens it holds: a
+  follow-up prompt that extends them (the next chat turn) only prefills its new tokens.
 
   beam > 0 has tinygrad search that many kernel variants per step kernel as it compiles them (BEAM): minutes on a
   CPU the first time, remembered in tinygrad's cache after, and decoding several times faster (README, bench/decode.py)."""
@@ -28,24 +29,31 @@ class Generator:
     self.token = Variable("token", 0, vocab - 1)
     self.key = tuple(Variable(f"key_{half}", 0, 2 ** 32 - 1, dtype=dtypes.uint32) for half in ("lo", "hi"))
     self._prefill = TinyJit(self._forward)
-    self._decode = TinyJit(lambda token, start_pos: self._forward(Tensor(token).cast(dtypes.int32).reshape(1, 1), start_pos))
     self.cached: list[int] = []  # the tokens whose keys and values the cache holds, from position 0
     # the sampler's per-request state lives on the device, so a decode step sends the host one token id back
     self.params = Tensor.zeros(1, 4).contiguous().realize()
     self.seen = Tensor.zeros(1, model.head_rows, dtype=dtypes.bool).contiguous().realize()  # as wide as the logits
     self.vocab = Tensor.arange(model.head_rows).unsqueeze(0).realize()
-    self._samplers = {mode: TinyJit(lambda logits, lo, hi, mode=mode: self._choose(logits, Tensor.stack(Tensor(lo), Tensor(hi)).reshape(1, 2), mode))
-                      for mode in MODES}  # the key's two uint32 halves become the (1, 2) key tensor sample() takes
+    # per sampling mode: choosing from given logits (after a prefill), and a decode step that feeds a token and
+    # chooses the next in one jitted call: each call costs Python to prepare, as much as the small preset's kernels
+    self._samplers = {mode: TinyJit(lambda logits, lo, hi, mode=mode: self._choose(logits, lo, hi, mode)) for mode in MODES}
+    self._decoders = {mode: TinyJit(lambda token, start_pos, lo, hi, mode=mode: self._decode(token, start_pos, lo, hi, mode)) for mode in MODES}
+    self.logits: Tensor | None = None  # those the last token was chosen from, (1, model.head_rows) on the device
     self.start(Sampling(temperature=0))
 
   def _forward(self, tokens: Tensor, start_pos, at=None) -> Tensor:
     return self.model(tokens, self.caches, start_pos, at)[:, -1].realize()
 
-  def _choose(self, logits: Tensor, keys: Tensor, mode: str) -> Tensor:
+  def _choose(self, logits: Tensor, lo, hi, mode: str) -> Tensor:
+    keys = Tensor.stack(Tensor(lo), Tensor(hi)).reshape(1, 2)  # the key's two uint32 halves, as sample() takes them
     tokens = sample(logits, self.params, self.seen, keys, mode)
     self.seen.assign(self.seen | (self.vocab == tokens.unsqueeze(1)))  # the penalty counts what was generated
     Tensor.realize(tokens, self.seen)
     return tokens
+
+  def _decode(self, token, start_pos, lo, hi, mode: str) -> tuple[Tensor, Tensor]:
+    logits = self._forward(Tensor(token).cast(dtypes.int32).reshape(1, 1), start_pos)
+    return self._choose(logits, lo, hi, mode), logits
 
   def start(self, s: Sampling, seen: list[int] = ()):
     """Set the sampler for a new request: its settings, its seed, and the tokens the repetition penalty counts."""
@@ -54,11 +62,14 @@ class Generator:
     mask[0, np.asarray(seen, dtype=np.int64)] = True
     Tensor.realize(self.params.assign(Tensor([s.row()])), self.seen.assign(Tensor(mask)))
 
+  def _next_key(self) -> list:
+    return [half.bind(int(value)) for half, value in zip(self.key, key_rows([self.rng])[0])]
+
   def choose(self, logits: Tensor) -> int:
     """The next token from logits (1, model.head_rows) on the device, by the settings start() gave; only its id is
     copied."""
-    key = (half.bind(int(value)) for half, value in zip(self.key, key_rows([self.rng])[0]))
-    with Context(BEAM=self.beam): return int(self._samplers[self.sampling.mode](logits, *key).numpy()[0])
+    self.logits = logits
+    with Context(BEAM=self.beam): return int(read(self._samplers[self.sampling.mode](logits, *self._next_key()))[0])
 
   def prefill(self, ids: list[int]) -> Tensor:
     """Fill the cache with ids (reusing the prefix it already holds); the logits (1, model.head_rows) for the next
@@ -80,28 +91,27 @@ class Generator:
       self.cached = ids[:done]
     return logits
 
-  def decode(self, token: int, position: int) -> Tensor:
-    """Feed the token at `position` (right after the cached ones); the logits (1, model.head_rows) for the next token,
-    on the device."""
+  def decode(self, token: int, position: int) -> int:
+    """Feed the token at `position` (right after the cached ones); the next token, chosen on the device by the
+    settings start() gave (self.logits holds the logits it was chosen from)."""
     token = int(token)
     if not 0 <= token < self.model.cfg.vocab_size: raise ValueError(f"token {token} is outside the vocabulary")
     self.cached = self.cached[:position]
-    with Context(BEAM=self.beam): logits = self._decode(self.token.bind(token), self.position.bind(position))
+    with Context(BEAM=self.beam):
+      chosen, self.logits = self._decoders[self.sampling.mode](self.token.bind(token), self.position.bind(position), *self._next_key())
     self.cached.append(token)
-    return logits
+    return int(read(chosen)[0])
 
   def stream(self, ids: list[int], s: Sampling, stop: set[int] = frozenset()) -> Iterator[int]:
     """Yield new tokens one at a time until a stop token, max_tokens, or a full context."""
     self.start(s, ids)
-    logits, produced = self.prefill(ids), 0
-    while produced < s.max_tokens:
-      token = self.choose(logits)
-      if token in stop: return
+    token, produced = self.choose(self.prefill(ids)), 0
+    while token not in stop and produced < s.max_tokens:
       produced += 1
       yield token
       position = len(ids) + produced - 1
-      if position >= self.block_size: return
-      logits = self.decode(token, position)
+      if position >= self.block_size or produced == s.max_tokens: return
+      token = self.decode(token, position)
 
   def generate(self, ids: list[int], s: Sampling, stop: set[int] = frozenset()) -> list[int]:
     return list(self.stream(ids, s, stop))

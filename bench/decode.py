@@ -33,15 +33,24 @@ def make_run(folder: Path, size: str) -> Path:
   return run
 
 
-def timed_tokens(step, first, tokens: int) -> float:
-  """Seconds per token of `tokens` greedy steps after two untimed ones (compiling, then TinyJit's capture)."""
-  token = step(step(first))
-  start = time.perf_counter()
-  for _ in range(tokens): token = step(token)
-  return (time.perf_counter() - start) / tokens
+def timed_rounds(engines: list[dict], tokens: int, rounds: int) -> None:
+  """Each engine's seconds per token ("s", the median over rounds) and their range ("spread"). Every engine first
+  decodes two untimed tokens (compiling, then TinyJit's capture); then the rounds take turns, each engine decoding
+  `tokens` tokens per round. The engines take turns, rather than one engine timing all its tokens at once, so a
+  slow spell of a shared machine falls on all of them and the medians compare."""
+  for e in engines: e["token"], e["times"] = e["step"](e["step"](e["first"])), []
+  for done in range(1, rounds + 1):
+    for e in engines:
+      time.sleep(0.2)  # the previous engine's worker threads stop spinning before this one's clock starts
+      token, start = e["token"], time.perf_counter()
+      for _ in range(tokens): token = e["step"](token)
+      e["times"].append((time.perf_counter() - start) / tokens)
+      e["token"] = token
+    print(f"  round {done}/{rounds}: " + ", ".join(f"{e['engine'].split(' (')[0].split(',')[0]} {e['times'][-1] * 1e3:.2f}" for e in engines) + " ms/token", flush=True)
+  for e in engines: e["s"], e["spread"] = float(np.median(e["times"])), (min(e["times"]), max(e["times"]))
 
 
-def aurora(run: Path, kind: str | None, prompt: list[int], tokens: int, beam: int) -> dict:
+def aurora(run: Path, kind: str | None, prompt: list[int], beam: int) -> dict:
   from aurora_tg import checkpoint
   from aurora_tg.generate import Generator
   from aurora_tg.quantize import weight_bytes
@@ -54,31 +63,30 @@ def aurora(run: Path, kind: str | None, prompt: list[int], tokens: int, beam: in
 
   def step(token):  # positions wrap within the second half of the context, all after the prompt
     p = position[0] = n + (position[0] + 1 - n) % (model.cfg.block_size - n)
-    return gen.choose(gen.decode(token, p))
+    return gen.decode(token, p)
   step(step(first))  # prefill and decode compile (and, with beam, search) by here
   searched = f", BEAM={beam}: {time.perf_counter() - start:.0f} s to compile and search" if beam else ""
-  return {"engine": f"Aurora {kind or 'float32'}{searched}", "s": timed_tokens(step, first, tokens), "bytes": weight_bytes(model)}
+  return {"engine": f"Aurora {kind or 'float32'}{searched}", "step": step, "first": first, "bytes": weight_bytes(model)}
 
 
-def transformers_engine(folder: Path, prompt: list[int], tokens: int) -> dict | None:
+def transformers_engine(folder: Path, prompt: list[int]) -> dict | None:
   try: import torch, transformers
   except ImportError: return None
   model = transformers.GPT2LMHeadModel.from_pretrained(str(folder)).eval()
-  with torch.inference_mode():
-    out = model(torch.tensor([prompt]), use_cache=True)
-    state = {"cache": out.past_key_values}
+  with torch.inference_mode(): out = model(torch.tensor([prompt]), use_cache=True)
+  state = {"cache": out.past_key_values}
 
-    def step(token):  # a fresh prefill when the context fills; greedy, the argmax waited for as a sampler must
-      if state["cache"].get_seq_length() >= model.config.n_positions - 1: state["cache"] = model(torch.tensor([prompt]), use_cache=True).past_key_values
-      out = model(torch.tensor([[token]]), past_key_values=state["cache"], use_cache=True)
-      state["cache"] = out.past_key_values
-      return int(out.logits[0, -1].argmax())
-    seconds = timed_tokens(step, int(out.logits[0, -1].argmax()), tokens)
-  return {"engine": f"transformers {transformers.__version__} float32 ({torch.get_num_threads()} threads)", "s": seconds,
-          "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+  @torch.inference_mode()
+  def step(token):  # a fresh prefill when the context fills; greedy, the argmax waited for as a sampler must
+    if state["cache"].get_seq_length() >= model.config.n_positions - 1: state["cache"] = model(torch.tensor([prompt]), use_cache=True).past_key_values
+    out = model(torch.tensor([[token]]), past_key_values=state["cache"], use_cache=True)
+    state["cache"] = out.past_key_values
+    return int(out.logits[0, -1].argmax())
+  return {"engine": f"transformers {transformers.__version__} float32 ({torch.get_num_threads()} threads)", "step": step,
+          "first": int(out.logits[0, -1].argmax()), "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
 
 
-def llama_engine(path: Path, label: str, prompt: list[int], tokens: int, block: int) -> dict | None:
+def llama_engine(path: Path, label: str, prompt: list[int], block: int) -> dict | None:
   try: from llama_cpp import Llama
   except ImportError: return None
   llm = Llama(model_path=str(path), n_ctx=block, n_threads=os.cpu_count(), logits_all=True, verbose=False)
@@ -90,12 +98,12 @@ def llama_engine(path: Path, label: str, prompt: list[int], tokens: int, block: 
       llm.eval(prompt)
     llm.eval([token])
     return int(np.argmax(llm.scores[llm.n_tokens - 1]))
-  return {"engine": f"llama.cpp {label} ({os.cpu_count()} threads)", "s": timed_tokens(step, int(np.argmax(llm.scores[len(prompt) - 1])), tokens),
+  return {"engine": f"llama.cpp {label} ({os.cpu_count()} threads)", "step": step, "first": int(np.argmax(llm.scores[len(prompt) - 1])),
           "bytes": path.stat().st_size}
 
 
 def shown(result: dict | None) -> dict | None:
-  if result: print(f"  {result['engine']}: {result['s'] * 1e3:.1f} ms/token", flush=True)
+  if result: print(f"  ready: {result['engine']}", flush=True)
   return result
 
 
@@ -109,7 +117,8 @@ def cold_start(command: list[str], env: dict | None = None) -> float:
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--size", default="small")
-  p.add_argument("--tokens", type=int, default=32, help="decode steps to time per engine")
+  p.add_argument("--tokens", type=int, default=32, help="decode steps to time per engine and round")
+  p.add_argument("--rounds", type=int, default=5, help="rounds the engines take turns in; each engine's figure is its median")
   p.add_argument("--device", help="tinygrad backend for Aurora")
   p.add_argument("--no-cold", action="store_true", help="skip the fresh-process times")
   p.add_argument("--beam", type=int, default=0, help="Aurora's kernel search (chat.py --beam), timed on its own")
@@ -129,9 +138,9 @@ def main():
     del model
     prompt = np.random.default_rng(0).integers(0, tokenizer.eot, size=cfg.block_size // 2).tolist()
     print(f"preset {args.size}: {cfg.n_layer} layers, width {cfg.n_embd}, context {cfg.block_size}, vocabulary {cfg.vocab_size}; "
-          f"Aurora on {device}; greedy decoding after a {len(prompt)}-token prompt, {args.tokens} tokens timed", flush=True)
-    results = [shown(aurora(run, kind, prompt, args.tokens, args.beam)) for kind in (None, "float16", "int8")]
-    results.append(shown(transformers_engine(tmp / "hf", prompt, args.tokens)))
+          f"Aurora on {device}; greedy decoding after a {len(prompt)}-token prompt, {args.tokens} tokens timed in each of {args.rounds} rounds", flush=True)
+    results = [shown(aurora(run, kind, prompt, args.beam)) for kind in (None, "float16", "int8")]
+    results.append(shown(transformers_engine(tmp / "hf", prompt)))
     for kind, label in ((None, "float32"), ("int8", "q8_0")):
       gguf = tmp / f"{label}.gguf"
       with open(os.devnull, "w") as quiet:
@@ -139,14 +148,17 @@ def main():
         sys.stdout = sys.stderr = quiet
         try: export([str(run), str(gguf)] + (["--quantize", kind] if kind else []))
         finally: sys.stdout, sys.stderr = stdout, stderr
-      results.append(shown(llama_engine(gguf, label, prompt, args.tokens, cfg.block_size)))
+      results.append(shown(llama_engine(gguf, label, prompt, cfg.block_size)))
     missing = [name for name, r in (("transformers", results[3]), ("llama-cpp-python", results[4])) if r is None]
     results = [r for r in results if r is not None]
+    timed_rounds(results, args.tokens, args.rounds)
     base = next((r for r in results if r["engine"].startswith("transformers")), None)
-    print("\n| engine | ms/token | tokens/s | weights (MB) | weight GB/s | vs transformers |\n|---|---|---|---|---|---|")
+    print(f"\n| engine | ms/token (median of {args.rounds}) | range | tokens/s | weights (MB) | weight GB/s | vs transformers |\n|---|---|---|---|---|---|---|")
     for r in results:
       vs = f"{base['s'] / r['s']:.2f}x" if base else "-"
-      print(f"| {r['engine']} | {r['s'] * 1e3:.1f} | {1 / r['s']:.1f} | {r['bytes'] / 1e6:.0f} | {r['bytes'] / r['s'] / 1e9:.2f} | {vs} |")
+      low, high = r["spread"]
+      print(f"| {r['engine']} | {r['s'] * 1e3:.2f} | {low * 1e3:.2f}-{high * 1e3:.2f} | {1 / r['s']:.1f} | {r['bytes'] / 1e6:.0f} | "
+            f"{r['bytes'] / r['s'] / 1e9:.2f} | {vs} |")
     q8 = next((r for r in results if "q8_0" in r["engine"]), None)
     if q8: print(f"\nAurora int8 reaches {q8['s'] / results[2]['s']:.2f}x llama.cpp q8_0's tokens/s")
     if missing: print(f"not importable here (no row): {', '.join(missing)}")

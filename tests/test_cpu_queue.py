@@ -23,7 +23,7 @@ def conversation(run, quantize: str | None):
   answer = generator.generate(first, greedy)
   follow_up = generator.generate(first + answer + [41, 8, 2], greedy)
   sampled = generator.generate([9, 3], Sampling(temperature=0.9, top_k=20, top_p=0.9, repetition_penalty=1.2, max_tokens=10, seed=1))
-  return [answer, follow_up, sampled], len(generator._decode.captured.linear.src)
+  return [answer, follow_up, sampled], len(generator._decoders["greedy"].captured.linear.src)
 
 
 def in_fresh_process(code: str, **env) -> str:

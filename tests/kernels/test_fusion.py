@@ -13,7 +13,7 @@ from tinygrad.codegen import to_program_cache
 from tinygrad.engine.realize import runtime_cache
 from aurora_tg.data import TokenData
 from aurora_tg.generate import Generator
-from aurora_tg.sampling import Sampling, key_rows
+from aurora_tg.sampling import Sampling
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.quantize import quantize
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
@@ -96,9 +96,12 @@ def test_kernel_counts_of_a_decode_step(backend):
     generator = Generator(model)
     generator.start(Sampling(temperature=1.0, top_k=5, top_p=0.9), [1, 2, 3])
     logits = generator.prefill([1, 2, 3])
-    token, keys = Tensor([[4]]).realize(), Tensor(key_rows([np.random.default_rng(0)])).realize()
+    token, key = Tensor([[4]]).realize(), generator._next_key()
     measured = (kernels_of(lambda: model(token, generator.caches, 3)[:, -1]),
-                kernels_of(generator._choose, logits, keys, "greedy"), kernels_of(generator._choose, logits, keys, "filter"))
+                kernels_of(generator._choose, logits, *key, "greedy"), kernels_of(generator._choose, logits, *key, "filter"))
+    # the jitted decode step runs both in one call: nothing more than the two
+    fused = kernels_of(lambda: generator._decode(generator.token.bind(4), generator.position.bind(3), *key, "greedy")[0])
+  assert fused == measured[0] + measured[1], f"{backend}: the fused decode step has {fused} kernels, apart {measured[:2]}"
   if backend not in PINNED_DECODE: pytest.skip(f"no decode kernel counts pinned for {backend}: measured {measured}")
   assert measured == PINNED_DECODE[backend], f"{backend} decode kernel counts (model step, greedy choice, filtered " \
     f"choice) are {measured}, pinned {PINNED_DECODE[backend]}: fusion changed; if intended, update PINNED_DECODE"

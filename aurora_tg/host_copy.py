@@ -1,0 +1,32 @@
+"""Copies between the host and a realized device tensor, for the few values a decode step sends and returns.
+
+tinygrad's own way, Tensor.numpy() or a tensor made from host data, builds and runs a small graph each time: 0.3 to
+3 ms of Python, as long as a whole token of the `small` preset. These go straight to the backend's copy functions
+(the ones tinygrad's copy kernel calls); every backend's copy-out waits for the kernels queued before it."""
+import numpy as np
+from tinygrad import Tensor
+from tinygrad.uop.ops import Ops
+
+
+def _buffer(tensor: Tensor):
+  """The device buffer holding exactly the tensor's elements in order: a realized tensor, at most reshaped."""
+  uop = tensor.uop
+  if not uop.is_realized: raise ValueError("the tensor has no device buffer yet: realize it first")
+  if uop.op is Ops.RESHAPE: uop = uop.src[0]
+  if uop.op is not Ops.BUFFER: raise ValueError(f"a view ({uop.op.name}) of a buffer, not a buffer: make it contiguous first")
+  return uop.buffer
+
+
+def write(tensor: Tensor, values: np.ndarray):
+  """Copy host values into a realized device tensor, in place."""
+  if values.shape != tensor.shape: raise ValueError(f"values of shape {values.shape} for a buffer of {tensor.shape}")
+  buffer = _buffer(tensor)
+  data = np.ascontiguousarray(values, dtype=np.dtype(tensor.dtype.fmt))
+  buffer.allocator._copyin(buffer._buf, memoryview(bytearray(data.tobytes())))  # copied: a backend may read it later
+
+
+def read(tensor: Tensor) -> np.ndarray:
+  """A realized device tensor's values on the host."""
+  buffer, out = _buffer(tensor), np.empty(tensor.shape, dtype=np.dtype(tensor.dtype.fmt))
+  buffer.allocator._copyout(memoryview(out).cast("B"), buffer._buf)
+  return out
