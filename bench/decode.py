@@ -1,10 +1,11 @@
 """Decoding speed, in one run, on one model (random weights in a preset's shape, saved once and loaded by each):
 Aurora in float32, float16 and int8; Hugging Face transformers (PyTorch, float32) on the same weights when it is
 importable; llama.cpp (llama-cpp-python) on the model exported as GGUF (float32 and q8_0) when it is installed.
-Each decodes greedily with a KV cache after a prompt of half the context. Prints tokens/s, the weight bytes read
-per second, each engine against transformers, and the time a fresh process takes to its first token.
+Each decodes greedily with a KV cache after a prompt of half the context, the engines taking turns over several
+rounds. Prints each engine's median time per token and its range, tokens/s, the weight bytes read per second, each
+engine against transformers, and the time a fresh process takes to its first token.
 
-  python bench/decode.py [--size small|gpt2] [--tokens 32] [--device CL] [--no-cold] [--beam 2]
+  python bench/decode.py [--size small|gpt2] [--tokens 32] [--rounds 5] [--device CL] [--no-cold] [--beam 2]
 """
 import argparse, os, subprocess, sys, tempfile, time
 from pathlib import Path
