@@ -113,16 +113,21 @@ def status(base):
 
 
 def test_a_disconnect_mid_stream_frees_its_slot(server):
-  base, client, _, _ = server
-  before = status(base)["cancelled"]
-  with httpx.stream("POST", base + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
-                    json={"model": "served", "prompt": "the", "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True}) as r:
-    next(r.iter_lines())  # the first token arrived; the client leaves
-  deadline = time.time() + 10
-  while (now := status(base))["active"] or now["cancelled"] == before:
-    assert time.time() < deadline, now
-    time.sleep(0.05)
-  assert now["cancelled"] == before + 1
+  """The server notices a client that left and frees its slot before the answer ends. An answer of MAX_TOKENS takes
+  only tens of milliseconds here, and on a busy machine it can end before the server looks (every 16 tokens, or
+  while waiting), so the client leaves up to five times: a server that never notices fails every one."""
+  base = server[0]
+  for _ in range(5):
+    before = status(base)["cancelled"]
+    with httpx.stream("POST", base + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"}, timeout=30,
+                      json={"model": "served", "prompt": "the", "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True}) as r:
+      next(r.iter_lines())  # the first token arrived; the client leaves
+    deadline = time.time() + 10
+    while (now := status(base))["active"]:
+      assert time.time() < deadline, now
+      time.sleep(0.05)
+    if now["cancelled"] == before + 1: return
+  pytest.fail(f"five clients left after their first token and the server counted none of them cancelled: {now}")
 
 
 def test_errors_get_their_status_and_an_error_body(server):
