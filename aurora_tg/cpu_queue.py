@@ -2,9 +2,9 @@
 
 A jitted step on the CPU backend normally launches its kernels from Python, one call each: for a small model that
 costs more than the kernels (the `small` preset's 70 kernels per token took about 3 ms, 2 of them in Python). With
-HCQ2, TinyJit writes the whole step into a command buffer once and a worker thread runs it: each jitted step (the
-model's, the sampler's) is one submission. tinygrad reads the setting once, when it is imported, so this module imports nothing of tinygrad and
-runs first.
+HCQ2, TinyJit writes the whole step into a command buffer once and a worker thread runs it: each jitted step (a
+prefill chunk, a decoded token with the choice of the next) is one submission. tinygrad reads the setting once,
+when it is imported, so this module imports nothing of tinygrad and runs first.
 
 It is for decoding only (chat.py, the server, bench/decode.py): in tinygrad 0.14 the runtime is still new, and
 training with data parallelism over CPU devices computed different losses under it."""

@@ -38,7 +38,9 @@ class Generator:
     # chooses the next in one jitted call: each call costs Python to prepare, as much as the small preset's kernels
     self._samplers = {mode: TinyJit(lambda logits, lo, hi, mode=mode: self._choose(logits, lo, hi, mode)) for mode in MODES}
     self._decoders = {mode: TinyJit(lambda token, start_pos, lo, hi, mode=mode: self._decode(token, start_pos, lo, hi, mode)) for mode in MODES}
-    self.logits: Tensor | None = None  # those the last token was chosen from, (1, model.head_rows) on the device
+    # the logits the last token was chosen from, (1, model.head_rows) on the device: the jit's own output buffer,
+    # overwritten by the next call, so a caller that keeps them copies them
+    self.logits: Tensor | None = None
     self.start(Sampling(temperature=0))
 
   def _forward(self, tokens: Tensor, start_pos, at=None) -> Tensor:

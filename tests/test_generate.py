@@ -42,6 +42,17 @@ def test_greedy_is_deterministic_and_the_seed_picks_the_samples():
     assert gen.generate(prompt, Sampling(temperature=1e-4, max_tokens=8, seed=seed)) == greedy
 
 
+def test_an_answer_cut_at_max_tokens_leaves_the_cache_ready_for_the_next_turn():
+  """The last token of an answer cut at max_tokens is never fed (its successor is not wanted): the cache holds the
+  prompt and the answer but that token, and the next turn, prefilled from there, answers as a fresh generator does."""
+  model = make_model()
+  gen, prompt, s = Generator(model), [5, 6, 7], Sampling(temperature=0.9, repetition_penalty=1.3, max_tokens=4, seed=2)
+  answer = gen.generate(prompt, s)
+  assert len(answer) == 4 and gen.cached == prompt + answer[:-1]
+  follow_up = prompt + answer + [8, 9]
+  assert gen.generate(follow_up, s) == Generator(model).generate(follow_up, s)
+
+
 def test_generation_stops_at_a_stop_token_and_at_the_context_end():
   model = make_model()
   gen = Generator(model)

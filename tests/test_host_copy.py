@@ -38,3 +38,6 @@ def test_wrong_shapes_and_unrealized_tensors_are_refused(device):
   with pytest.raises(ValueError, match="shape"): write(buffer, np.zeros((3, 2)))
   with pytest.raises(ValueError, match="realize"): read(Tensor.ones(2, device=device) + 1)
   with pytest.raises(ValueError, match="PERMUTE"): read(buffer.permute(1, 0))  # its elements in another order
+  with pytest.raises(ValueError, match="numpy has no"): read(Tensor.empty(2, dtype=dtypes.bfloat16, device=device).realize())
+  write(buffer, np.arange(6).reshape(2, 3))
+  np.testing.assert_array_equal(read(buffer.reshape(3, 2).reshape(6)), np.arange(6))  # reshapes keep the order

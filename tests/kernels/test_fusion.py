@@ -62,7 +62,7 @@ def test_generation_compiles_once_for_every_prompt_length(backend):
     Tensor.manual_seed(0)
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=97))
     generator = Generator(model)  # as chat.py makes it: chunks of half the context here, 8 tokens
-    greedy, rng = Sampling(temperature=0, max_tokens=2), np.random.default_rng(0)
+    greedy, rng = Sampling(temperature=0, max_tokens=3), np.random.default_rng(0)  # two decode steps an answer
     def fresh(n: int) -> list[int]: return rng.integers(1, 97, n).tolist()
     recompiles = {}
     def ask(what: str, ids: list[int]) -> list[int]:
@@ -99,7 +99,7 @@ def test_kernel_counts_of_a_decode_step(backend):
     token, key = Tensor([[4]]).realize(), generator._next_key()
     measured = (kernels_of(lambda: model(token, generator.caches, 3)[:, -1]),
                 kernels_of(generator._choose, logits, *key, "greedy"), kernels_of(generator._choose, logits, *key, "filter"))
-    # the jitted decode step runs both in one call: nothing more than the two
+    # the decode step runs both in one call, its token and key entering as bound variables: no kernel of its own
     fused = kernels_of(lambda: generator._decode(generator.token.bind(4), generator.position.bind(3), *key, "greedy")[0])
   assert fused == measured[0] + measured[1], f"{backend}: the fused decode step has {fused} kernels, apart {measured[:2]}"
   if backend not in PINNED_DECODE: pytest.skip(f"no decode kernel counts pinned for {backend}: measured {measured}")
