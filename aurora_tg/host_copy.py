@@ -23,8 +23,8 @@ def write(tensor: Tensor, values: np.ndarray):
   """Copy host values into a realized device tensor, in place."""
   if values.shape != tensor.shape: raise ValueError(f"values of shape {values.shape} for a buffer of {tensor.shape}")
   buffer = _buffer(tensor)
-  data = np.ascontiguousarray(values, dtype=np.dtype(tensor.dtype.fmt))
-  buffer.allocator._copyin(buffer._buf, memoryview(bytearray(data.tobytes())))  # copied: a backend may read it later
+  data = bytearray(np.ascontiguousarray(values, dtype=np.dtype(tensor.dtype.fmt)))  # a copy: a backend may read it later
+  buffer.allocator._copyin(buffer._buf, memoryview(data))
 
 
 def read(tensor: Tensor) -> np.ndarray:

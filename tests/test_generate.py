@@ -25,7 +25,6 @@ def test_kv_cache_decoding_matches_full_forward_at_every_position(pos):
     assert chosen == full[t].argmax(), f"position {t}"
 
 
-
 def test_greedy_is_deterministic_and_the_seed_picks_the_samples():
   """The same seed gives the same tokens, different seeds (or none) different ones; a temperature near 0 is greedy
   whatever the seed. The untrained model's next-token distribution is near uniform over 97 tokens, so two seeds
