@@ -8,10 +8,13 @@
   (root mean square): quantization's error, without the cascade.
 int8 comes twice: rounded to nearest (chat.py --quantize int8) and calibrated on the embedded corpus as
 `python -m aurora_tg.export RUN OUT --quantize int8 --calibrate` does (GPTQ rounding, aurora_tg/quantize.py).
+With llama-cpp-python installed, llama.cpp answers too, from the chat model exported as GGUF in float32 and in its
+8-bit q8_0: how another float32 implementation's answers (other kernels, other summation orders) and another 8-bit
+format's compare with Aurora's float32 on the same questions, and q8_0's against llama.cpp's own float32.
 
   python bench/quantize_quality.py [--pretrain runs/small] [--chat runs/small-sft] [--questions 40] [--device CL]
 """
-import argparse, sys
+import argparse, os, sys, tempfile
 from pathlib import Path
 import numpy as np
 
@@ -76,6 +79,34 @@ def fed_reference(model, prompts: list[list[int]], reference: list[list[int]]) -
   return same / max(1, sum(map(len, reference))), np.concatenate(rows)
 
 
+def llama_cpp_answers(run: str, kind: str | None, prompts: list[list[int]], reference: list[list[int]], stops: list[int]):
+  """llama.cpp's greedy answers (as greedy_answers), share of the same top token and logits (as fed_reference) for the
+  model at run exported as GGUF (kind: None or "int8", q8_0); None without llama-cpp-python."""
+  try: from llama_cpp import Llama
+  except ImportError: return None
+  from aurora_tg.export import main as export
+  with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
+    path, streams = Path(tmp) / "model.gguf", (sys.stdout, sys.stderr)
+    sys.stdout = sys.stderr = quiet  # the export's progress bar and summary
+    try: export([run, str(path)] + (["--quantize", kind] if kind else []))
+    finally: sys.stdout, sys.stderr = streams
+    llm = Llama(model_path=str(path), n_ctx=max(len(p) + 48 for p in prompts), n_threads=os.cpu_count(), logits_all=True, verbose=False)
+    answers, same, rows = [], 0, []
+    for prompt, answer in zip(prompts, reference):
+      llm.reset()
+      llm.eval(prompt)
+      mine = []
+      while len(mine) < 48 and (token := int(np.argmax(llm.scores[llm.n_tokens - 1]))) not in stops:
+        mine.append(token)
+        llm.eval([token])
+      answers.append(mine)
+      llm.reset()
+      llm.eval(prompt + answer[:-1])
+      logits = np.array(llm.scores[len(prompt) - 1:llm.n_tokens])
+      same, rows = same + int((logits.argmax(-1) == answer).sum()), rows + [logits]
+    return answers, same / max(1, sum(map(len, reference))), np.concatenate(rows)
+
+
 def agreement(reference: list[list[int]], other: list[list[int]]) -> float:
   same = sum(sum(a == b for a, b in zip(r, o)) for r, o in zip(reference, other))
   return same / max(1, sum(max(len(r), len(o)) for r, o in zip(reference, other)))
@@ -104,14 +135,23 @@ def main():
     prompts = held_out_prompts(tokenizer, model.cfg.block_size, args.questions)
     answers[kind] = greedy_answers(model, tokenizer, prompts)
     top[kind], logits[kind] = fed_reference(model, prompts, answers[None])
+  from aurora_tg.chat import stop_tokens
+  for kind, label in ((None, "llama.cpp float32"), ("int8", "llama.cpp q8_0")):
+    measured = llama_cpp_answers(args.chat, kind, prompts, answers[None], stop_tokens(tokenizer))
+    if measured: answers[label], top[label], logits[label] = measured
   n_tokens = sum(len(a) for a in answers[None])
   print(f"\n{args.chat}: greedy answers to {len(prompts)} held-out questions ({n_tokens} float32 answer tokens)\n"
         "| weights | tokens as float32's | answers identical | fed float32's answer: same top token | logit error (rms) |\n"
         "|---|---|---|---|---|")
-  for kind in KINDS[1:]:
+  for kind in list(answers)[1:]:
     same = sum(a == b for a, b in zip(answers[None], answers[kind]))
     error = np.sqrt(np.mean(np.square(logits[kind] - logits[None])))
     print(f"| {kind} | {100 * agreement(answers[None], answers[kind]):.1f}% | {same}/{len(prompts)} | {100 * top[kind]:.2f}% | {error:.4f} |")
+  if "llama.cpp q8_0" in answers:
+    own = answers["llama.cpp float32"], answers["llama.cpp q8_0"]
+    print(f"\nllama.cpp q8_0 against llama.cpp float32: {100 * agreement(*own):.1f}% of tokens, "
+          f"{sum(a == b for a, b in zip(*own))}/{len(prompts)} answers identical")
+  else: print("\n(llama.cpp's rows need llama-cpp-python)")
 
 
 if __name__ == "__main__":
