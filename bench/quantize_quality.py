@@ -20,6 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 KINDS = (None, "float16", "int8", "int8, calibrated")
+ANSWER_TOKENS = 48  # the most tokens of one greedy answer
 
 
 def validation_loss(model, tokenizer, folder: Path, batch_size: int = 8) -> float:
@@ -54,7 +55,7 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]]) -> list[list[int]
   from aurora_tg.generate import Generator
   from aurora_tg.sampling import Sampling
   generator = Generator(model)
-  return [generator.generate(p, Sampling(temperature=0, max_tokens=48), stop_tokens(tokenizer)) for p in prompts]
+  return [generator.generate(p, Sampling(temperature=0, max_tokens=ANSWER_TOKENS), stop_tokens(tokenizer)) for p in prompts]
 
 
 def load(path: str, kind: str | None):
@@ -79,7 +80,7 @@ def fed_reference(model, prompts: list[list[int]], reference: list[list[int]]) -
   return same / max(1, sum(map(len, reference))), np.concatenate(rows)
 
 
-def llama_cpp_answers(run: str, kind: str | None, prompts: list[list[int]], reference: list[list[int]], stops: list[int]):
+def llama_cpp_answers(run: str, kind: str | None, block_size: int, prompts: list[list[int]], reference: list[list[int]], stops: list[int]):
   """llama.cpp's greedy answers (as greedy_answers), share of the same top token and logits (as fed_reference) for the
   model at run exported as GGUF (kind: None or "int8", q8_0); None without llama-cpp-python."""
   try: from llama_cpp import Llama
@@ -90,14 +91,16 @@ def llama_cpp_answers(run: str, kind: str | None, prompts: list[list[int]], refe
     sys.stdout = sys.stderr = quiet  # the export's progress bar and summary
     try: export([run, str(path)] + (["--quantize", kind] if kind else []))
     finally: sys.stdout, sys.stderr = streams
-    llm = Llama(model_path=str(path), n_ctx=max(len(p) + 48 for p in prompts), n_threads=os.cpu_count(), logits_all=True, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=block_size, n_threads=os.cpu_count(), logits_all=True, verbose=False)
     answers, same, rows = [], 0, []
     for prompt, answer in zip(prompts, reference):
       llm.reset()
       llm.eval(prompt)
       mine = []
-      while len(mine) < 48 and (token := int(np.argmax(llm.scores[llm.n_tokens - 1]))) not in stops:
+      # as Generator.stream: up to ANSWER_TOKENS, a stop token or a full context
+      while len(mine) < ANSWER_TOKENS and (token := int(np.argmax(llm.scores[llm.n_tokens - 1]))) not in stops:
         mine.append(token)
+        if len(prompt) + len(mine) > block_size: break  # the context holds no place to feed it
         llm.eval([token])
       answers.append(mine)
       llm.reset()
@@ -137,7 +140,7 @@ def main():
     top[kind], logits[kind] = fed_reference(model, prompts, answers[None])
   from aurora_tg.chat import stop_tokens
   for kind, label in ((None, "llama.cpp float32"), ("int8", "llama.cpp q8_0")):
-    measured = llama_cpp_answers(args.chat, kind, prompts, answers[None], stop_tokens(tokenizer))
+    measured = llama_cpp_answers(args.chat, kind, model.cfg.block_size, prompts, answers[None], stop_tokens(tokenizer))
     if measured: answers[label], top[label], logits[label] = measured
   n_tokens = sum(len(a) for a in answers[None])
   print(f"\n{args.chat}: greedy answers to {len(prompts)} held-out questions ({n_tokens} float32 answer tokens)\n"
