@@ -9,8 +9,9 @@ import collections, threading
 from dataclasses import dataclass, field, replace
 from typing import Callable
 import numpy as np
-from tinygrad import Context, Tensor, TinyJit, dtypes
+from tinygrad import Tensor, TinyJit, dtypes
 from aurora_tg.host_copy import read, write
+from aurora_tg.kernel_search import searching
 from aurora_tg.model import GPT, Rows
 from aurora_tg.sampling import MODES, Sampling, key_rows, sample
 
@@ -72,7 +73,7 @@ class BatchDecoder:
     sampled[s]: its input ended there)."""
     inputs = self.inputs[tokens.shape[1]]
     for tensor, values in zip(inputs, (tokens, starts, lengths, sampled, keys)): write(tensor, values)
-    with Context(BEAM=self.beam):  # the kernel search (Generator's beam) happens as the step compiles
+    with searching(self.beam):  # the kernel search (Generator's beam) happens as the step compiles
       return read(self._steps[(tokens.shape[1], mode)](*inputs))
 
 

@@ -36,6 +36,7 @@ class ChatSession:
   def __init__(self, model: GPT, tokenizer: Tokenizer, sampling: Sampling, system: str | None = None, beam: int = 0):
     self.tokenizer, self.sampling, self.system = tokenizer, sampling, system
     self.generator = Generator(model, beam=beam)
+    if beam: self.generator.compile(sampling)  # the search's minutes before the first question, not inside its answer
     self.stop = stop_tokens(tokenizer)
     # the answer keeps at least half the context (or max_tokens, if smaller); older turns make way for it
     self.prompt_budget = model.cfg.block_size - min(sampling.max_tokens, model.cfg.block_size // 2)
@@ -133,5 +134,7 @@ def complete(model: GPT, tokenizer: Tokenizer, text: str, sampling: Sampling, be
   """--complete: continue raw text, the way a base model is used."""
   ids = tokenizer.encode(text)[-(model.cfg.block_size - 1):]
   if not ids: raise UserError("--complete needs some text to continue")
+  generator = Generator(model, beam=beam)
+  if beam: generator.compile(sampling)
   print(text, end="", flush=True)
-  return 0 if print_stream(stream_text(Generator(model, beam=beam), tokenizer, ids, sampling, {tokenizer.eot})) else 130
+  return 0 if print_stream(stream_text(generator, tokenizer, ids, sampling, {tokenizer.eot})) else 130

@@ -1,9 +1,11 @@
 """Text generation: prefill the prompt, then decode token by token from a preallocated KV cache, choosing each token
 on the device (aurora_tg/sampling.py)."""
+from dataclasses import replace
 from typing import Iterator
 import numpy as np
-from tinygrad import Context, Tensor, TinyJit, Variable, dtypes
+from tinygrad import Tensor, TinyJit, Variable, dtypes
 from aurora_tg.host_copy import read
+from aurora_tg.kernel_search import searching
 from aurora_tg.model import GPT
 from aurora_tg.sampling import MODES, Sampling, key_rows, sample
 
@@ -71,7 +73,7 @@ class Generator:
     """The next token from logits (1, model.head_rows) on the device, by the settings start() gave; only its id is
     copied."""
     self.logits = logits
-    with Context(BEAM=self.beam): return int(read(self._samplers[self.sampling.mode](logits, *self._next_key()))[0])
+    with searching(self.beam): return int(read(self._samplers[self.sampling.mode](logits, *self._next_key()))[0])
 
   def prefill(self, ids: list[int]) -> Tensor:
     """Fill the cache with ids (reusing the prefix it already holds); the logits (1, model.head_rows) for the next
@@ -86,7 +88,7 @@ class Generator:
       chunk = ids[start:start + self.chunk]
       # padding only writes cache positions past the prompt, which decoding overwrites before it reads them; the LM
       # head runs for the chunk's last real position alone
-      with Context(BEAM=self.beam):
+      with searching(self.beam):
         logits = self._prefill(Tensor([chunk + [0] * (self.chunk - len(chunk))]), self.chunk_start.bind(start),
                                self.chunk_last.bind(len(chunk) - 1))
       done = start + len(chunk)
@@ -99,10 +101,16 @@ class Generator:
     token = int(token)
     if not 0 <= token < self.model.cfg.vocab_size: raise ValueError(f"token {token} is outside the vocabulary")
     self.cached = self.cached[:position]
-    with Context(BEAM=self.beam):
+    with searching(self.beam):
       chosen, self.logits = self._decoders[self.sampling.mode](self.token.bind(token), self.position.bind(position), *self._next_key())
     self.cached.append(token)
     return int(read(chosen)[0])
+
+  def compile(self, s: Sampling):
+    """Compile the steps an answer by s runs (prefill, the first choice, decoding) by answering a one-token prompt:
+    compiling, and with beam the kernel search and its progress bar, then comes before an answer streams rather than
+    after its first token."""
+    self.generate([0], replace(s, max_tokens=2))  # one decode step: TinyJit compiles on its first call
 
   def stream(self, ids: list[int], s: Sampling, stop: set[int] = frozenset()) -> Iterator[int]:
     """Yield new tokens one at a time until a stop token, max_tokens, or a full context."""

@@ -1,3 +1,4 @@
+from dataclasses import replace
 import numpy as np
 import pytest
 from tinygrad import Tensor
@@ -108,6 +109,22 @@ def test_kernel_search_is_asked_for_as_the_steps_compile(monkeypatch):
   monkeypatch.setattr(search, "beam_search", lambda kernel, rawbufs, var_vals, amount, *a, **kw: searched.append(amount) or kernel)
   assert Generator(model, beam=3).generate(prompt, s) == plain
   assert len(searched) >= 10 and set(searched) == {3}
+
+
+@pytest.mark.parametrize("s", [Sampling(temperature=0, max_tokens=5), Sampling(temperature=0.8, top_k=5, max_tokens=5)])
+def test_compile_leaves_nothing_to_search_for_an_answer(monkeypatch, s):
+  """After compile(s), an answer by s (one that fills the context, too) compiles no kernel of its own: the search
+  and its progress bar are over before the answer streams (chat.py --beam)."""
+  from tinygrad.codegen.opt import search
+  model = GPT(GPTConfig(**{**TEST_SHAPE, "n_layer": 1, "n_embd": 16}))
+  searched = []
+  monkeypatch.setattr(search, "beam_search", lambda kernel, *a, **kw: searched.append(kernel) or kernel)
+  generator = Generator(model, beam=2)
+  generator.compile(s)
+  assert searched
+  compiled = len(searched)
+  for prompt in ([5, 6, 7], list(range(1, 15))): generator.generate(prompt, replace(s, max_tokens=8))
+  assert len(searched) == compiled
 
 
 def test_decoding_a_token_outside_the_vocabulary_is_refused():
