@@ -1,8 +1,9 @@
 """Decoding's kernel search (tinygrad's BEAM) with its progress shown. The search times variants of each kernel as
 tinygrad first compiles it: minutes for a model on a CPU, and tinygrad draws its progress bar over the kernels it
 compiles only with DEBUG on, amid its debugging output. searching() turns the search on, and the bar shows whatever
-DEBUG is, for any batch of kernels still compiling after a second. A model searched before finds its searches in
-tinygrad's cache and compiles in seconds, with a short bar or none."""
+DEBUG is, from the first kernel a batch finishes after a second on (so a single kernel's long search shows once it
+is done). A model searched before finds its searches in tinygrad's cache and compiles in seconds, with a short bar
+or none."""
 from contextlib import contextmanager
 import time
 from tinygrad import Context
@@ -32,7 +33,7 @@ class SearchProgress(tqdm):
 
 @contextmanager
 def searching(beam: int):
-  """Compile what runs inside with tinygrad's BEAM set to beam (0: no search, whatever the environment says), and
-  show the search's progress on stderr."""
+  """Compile what runs inside with tinygrad's BEAM set to beam (0: no search, even with BEAM set in the environment;
+  tinygrad's JITBEAM, which overrides BEAM inside a jit, still searches), and show the search's progress on stderr."""
   realize.tqdm = SearchProgress  # lower_and_compile looks its tqdm up in its module as it runs
   with Context(BEAM=beam): yield

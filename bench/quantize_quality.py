@@ -89,8 +89,9 @@ def llama_cpp_answers(run: str, kind: str | None, block_size: int, prompts: list
   with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
     path, streams = Path(tmp) / "model.gguf", (sys.stdout, sys.stderr)
     sys.stdout = sys.stderr = quiet  # the export's progress bar and summary
-    try: export([run, str(path)] + (["--quantize", kind] if kind else []))
+    try: failed = export([run, str(path)] + (["--quantize", kind] if kind else []))
     finally: sys.stdout, sys.stderr = streams
+    if failed: raise SystemExit(f"error: {run} does not export to GGUF; `python -m aurora_tg.export {run} out.gguf` says why")
     llm = Llama(model_path=str(path), n_ctx=block_size, n_threads=os.cpu_count(), logits_all=True, verbose=False)
     answers, same, rows = [], 0, []
     for prompt, answer in zip(prompts, reference):

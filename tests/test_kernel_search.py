@@ -20,11 +20,11 @@ def slow_search(seconds: float, searched: list):
   return search_for
 
 
-def generate(beam: int, width: int) -> list[int]:
+def generate(beam: int, width: int, vocab: int) -> list[int]:
   """A short greedy answer. tinygrad compiles a kernel once per process, and a test file shares its process with
-  others: each test has a width of its own, and a vocabulary no other test has (the sampler's kernels)."""
+  others: each test has a width and a vocabulary (the sampler's kernels) that no other test has."""
   Tensor.manual_seed(0)
-  model = GPT(GPTConfig(**{**TEST_SHAPE, "n_layer": 1, "n_embd": width, "vocab_size": 89}))
+  model = GPT(GPTConfig(**{**TEST_SHAPE, "n_layer": 1, "n_embd": width, "vocab_size": vocab}))
   return Generator(model, beam=beam).generate([3, 1, 4, 1, 5], Sampling(temperature=0, max_tokens=4))
 
 
@@ -32,7 +32,7 @@ def test_a_slow_search_shows_each_batch_of_kernels_counted_to_its_end(monkeypatc
   searched = []
   monkeypatch.setattr(search, "beam_search", slow_search(0.01, searched))
   monkeypatch.setattr(SearchProgress, "quiet_for", 0)
-  generate(beam=2, width=40)
+  generate(beam=2, width=40, vocab=89)
   # a batch's bar redraws itself on one line (carriage returns) and ends it: its last drawing is its final count
   finals = [BAR.findall(line)[-1] for line in capsys.readouterr().err.split("\n") if BAR.search(line)]
   assert len(finals) >= 3  # the prefill, the sampler after it, and the decode step compile apart
@@ -46,18 +46,18 @@ def test_no_search_and_a_quick_one_stay_quiet(monkeypatch, capsys):
   searched = []
   monkeypatch.setattr(search, "beam_search", slow_search(0, searched))
   monkeypatch.setattr(SearchProgress, "quiet_for", 0)
-  generate(beam=0, width=56)
+  generate(beam=0, width=56, vocab=83)
   assert "kernel search" not in capsys.readouterr().err
   monkeypatch.setattr(SearchProgress, "quiet_for", 600)
-  generate(beam=2, width=56)
+  generate(beam=2, width=56, vocab=83)
   assert searched and "kernel search" not in capsys.readouterr().err
 
 
 def test_searching_sets_beam_whatever_the_environment_says(monkeypatch):
   """beam 0 means no search even with BEAM set outside (as tinygrad's environment variable sets it)."""
+  x = Tensor.arange(35).reshape(5, 7).float().contiguous().realize()
   searched = []
   monkeypatch.setattr(search, "beam_search", slow_search(0, searched))
-  x = Tensor.arange(35).reshape(5, 7).float().contiguous().realize()
   with Context(BEAM=2), searching(0): (x * 3).sum(1).numpy()  # numpy(): on CPU, realize() may defer the work
   assert searched == []
   with searching(1): (x * 5).sum(1).numpy()
