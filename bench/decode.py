@@ -34,12 +34,19 @@ def make_run(folder: Path, size: str) -> Path:
   return run
 
 
+def warmed(engine: dict) -> dict:
+  """The engine after two untimed tokens from its prompt's first choice (compiling, then TinyJit's capture; with
+  BEAM, the kernel search), with the token its timed rounds continue from."""
+  engine["token"] = engine["step"](engine["step"](engine.pop("first")))
+  return engine
+
+
 def timed_rounds(engines: list[dict], tokens: int, rounds: int) -> None:
-  """Each engine's seconds per token ("s", the median over rounds) and their range ("spread"). Every engine first
-  decodes two untimed tokens (compiling, then TinyJit's capture); then the rounds take turns, each engine decoding
-  `tokens` tokens per round. The engines take turns, rather than one engine timing all its tokens at once, so a
-  slow spell of a shared machine falls on all of them and the medians compare."""
-  for e in engines: e["token"], e["times"] = e["step"](e["step"](e["first"])), []
+  """Each engine's seconds per token ("s", the median over rounds) and their range ("spread"). The rounds take turns,
+  each engine decoding `tokens` tokens per round from where `warmed` left it. The engines take turns, rather than
+  one engine timing all its tokens at once, so a slow spell of a shared machine falls on all of them and the medians
+  compare."""
+  for e in engines: e["times"] = []
   for done in range(1, rounds + 1):
     for e in engines:
       time.sleep(0.2)  # the previous engine's worker threads stop spinning before this one's clock starts
@@ -65,9 +72,9 @@ def aurora(run: Path, kind: str | None, prompt: list[int], beam: int) -> dict:
   def step(token):  # positions wrap within the second half of the context, all after the prompt
     p = position[0] = n + (position[0] + 1 - n) % (model.cfg.block_size - n)
     return gen.decode(token, p)
-  step(step(first))  # prefill and decode compile (and, with beam, search) by here
+  engine = warmed({"step": step, "first": first, "bytes": weight_bytes(model)})  # prefill and decode compiled (and searched) by here
   searched = f", BEAM={beam}: {time.perf_counter() - start:.0f} s to compile and search" if beam else ""
-  return {"engine": f"Aurora {kind or 'float32'}{searched}", "step": step, "first": first, "bytes": weight_bytes(model)}
+  return {**engine, "engine": f"Aurora {kind or 'float32'}{searched}"}
 
 
 def transformers_engine(folder: Path, prompt: list[int]) -> dict | None:
@@ -83,8 +90,8 @@ def transformers_engine(folder: Path, prompt: list[int]) -> dict | None:
     out = model(torch.tensor([[token]]), past_key_values=state["cache"], use_cache=True)
     state["cache"] = out.past_key_values
     return int(out.logits[0, -1].argmax())
-  return {"engine": f"transformers {transformers.__version__} float32 ({torch.get_num_threads()} threads)", "step": step,
-          "first": int(out.logits[0, -1].argmax()), "bytes": sum(p.numel() * p.element_size() for p in model.parameters())}
+  return warmed({"engine": f"transformers {transformers.__version__} float32 ({torch.get_num_threads()} threads)", "step": step,
+                 "first": int(out.logits[0, -1].argmax()), "bytes": sum(p.numel() * p.element_size() for p in model.parameters())})
 
 
 def llama_engine(path: Path, label: str, prompt: list[int], block: int) -> dict | None:
@@ -99,8 +106,8 @@ def llama_engine(path: Path, label: str, prompt: list[int], block: int) -> dict 
       llm.eval(prompt)
     llm.eval([token])
     return int(np.argmax(llm.scores[llm.n_tokens - 1]))
-  return {"engine": f"llama.cpp {label} ({os.cpu_count()} threads)", "step": step, "first": int(np.argmax(llm.scores[len(prompt) - 1])),
-          "bytes": path.stat().st_size}
+  return warmed({"engine": f"llama.cpp {label} ({os.cpu_count()} threads)", "step": step, "first": int(np.argmax(llm.scores[len(prompt) - 1])),
+                 "bytes": path.stat().st_size})
 
 
 def shown(result: dict | None) -> dict | None:
