@@ -21,17 +21,20 @@ def test_rows_at_their_own_positions_match_the_plain_forward(pos):
   model = GPT(GPTConfig(**{**TEST_SHAPE, "pos": pos}))
   rng = np.random.default_rng(0)
   a, b = rng.integers(0, TEST_SHAPE["vocab_size"], 9).tolist(), rng.integers(0, TEST_SHAPE["vocab_size"], 5).tolist()
-  full = lambda ids: model(Tensor([ids])).numpy()[0]
+  # the plain forward of both rows' whole sequences in one call (b padded at its end; causal, so the padding never
+  # reaches b's positions): each row's logits at every position the chunks below stop at
+  padded = b + [7] + [0] * (len(a) - len(b))
+  full_a, full_b = model(Tensor([a + [5], padded])).numpy()
   caches = model.new_kv_caches(3)
   # a chunk of 5: row 0 takes a's first 4 tokens, row 1 nothing, row 2 all of b
   out = model(Tensor([a[:4] + [0], [0] * 5, b]), caches, Rows(ints(0, 0, 0), ints(4, 0, 5)), at=ints(3, 0, 4)).numpy()
-  np.testing.assert_allclose(out[0, 0], full(a[:4])[-1], atol=1e-5)
-  np.testing.assert_allclose(out[2, 0], full(b)[-1], atol=1e-5)
+  np.testing.assert_allclose(out[0, 0], full_a[3], atol=1e-5)
+  np.testing.assert_allclose(out[2, 0], full_b[4], atol=1e-5)
   out = model(Tensor([a[4:], [0] * 5, [0] * 5]), caches, Rows(ints(4, 0, 5), ints(5, 0, 0)), at=ints(4, 0, 0)).numpy()
-  np.testing.assert_allclose(out[0, 0], full(a)[-1], atol=1e-5)
+  np.testing.assert_allclose(out[0, 0], full_a[8], atol=1e-5)
   out = model(Tensor([[5], [0], [7]]), caches, Rows(ints(9, 0, 5), ints(1, 0, 1))).numpy()  # row 2 untouched meanwhile
-  np.testing.assert_allclose(out[0, 0], full(a + [5])[-1], atol=1e-5)
-  np.testing.assert_allclose(out[2, 0], full(b + [7])[-1], atol=1e-5)
+  np.testing.assert_allclose(out[0, 0], full_a[9], atol=1e-5)
+  np.testing.assert_allclose(out[2, 0], full_b[5], atol=1e-5)
 
 
 def test_the_engine_answers_as_the_generator_does_alone_or_together():
