@@ -72,7 +72,8 @@ def aurora(run: Path, kind: str | None, prompt: list[int], beam: int) -> dict:
   def step(token):  # positions wrap within the second half of the context, all after the prompt
     p = position[0] = n + (position[0] + 1 - n) % (model.cfg.block_size - n)
     return gen.decode(token, p)
-  engine = warmed({"step": step, "first": first, "bytes": weight_bytes(model)})  # prefill and decode compiled (and searched) by here
+  # prefill and decode compiled (and, with beam, searched) by here
+  engine = warmed({"step": step, "first": first, "bytes": weight_bytes(model)})
   searched = f", BEAM={beam}: {time.perf_counter() - start:.0f} s to compile and search" if beam else ""
   return {**engine, "engine": f"Aurora {kind or 'float32'}{searched}"}
 
