@@ -5,7 +5,8 @@ import math, os
 from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 from pathlib import Path
-from aurora_tg import UserError, devices
+from aurora_tg import UserError
+from aurora_tg.backends import devices
 from aurora_tg.lora import LoRAConfig, PROJECTIONS
 from aurora_tg.model import GPTConfig, PRESETS
 from aurora_tg.optim import OPTIMIZERS
@@ -123,7 +124,7 @@ class NewModel:
 
 @dataclass(frozen=True, kw_only=True)
 class TextData:
-  """How a stage that trains on text takes it from --data (prepared into shards by aurora_tg/prepare.py)."""
+  """How a stage that trains on text takes it from --data (prepared into shards by aurora_tg/data/prepare.py)."""
   text_field: str = "text"        # the JSON lines' or parquet's field holding the text
   max_tokens: int | None = None   # the first this many tokens of the source
   data_order: str = "random"      # random windows, or a sequential pass over the shards in a seeded order

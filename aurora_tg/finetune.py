@@ -1,16 +1,14 @@
 """The stages after pretraining, on the same Trainer: chat SFT (full or with frozen lower layers), LoRA, and
 knowledge distillation from a teacher checkpoint."""
 from tinygrad import Tensor, nn
-from aurora_tg import UserError, checkpoint, lora
-from aurora_tg.chat import stop_tokens, stream_text
+from aurora_tg import UserError, lora
+from aurora_tg.formats import checkpoint
 from aurora_tg.config import DistillConfig, LoRAStageConfig, SFTConfig
-from aurora_tg.data import TokenData
-from aurora_tg.prepare import token_data
-from aurora_tg.generate import Generator
-from aurora_tg.sampling import Sampling
+from aurora_tg.data.shards import TokenData
+from aurora_tg.data.prepare import token_data
 from aurora_tg.model import GPT, IGNORE_INDEX, cross_entropy
-from aurora_tg.sft import ChatData, default_conversations, read_conversations
-from aurora_tg.tokenizer import Tokenizer
+from aurora_tg.data.chat_data import ChatData, default_conversations, read_conversations
+from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.optim import adamw
 from aurora_tg.trainer import Trainer
 
@@ -61,19 +59,3 @@ def prepare_distill(cfg: DistillConfig, workers: int) -> tuple[Trainer, Tokenize
   loss = lambda x, y: distillation_loss(student(x), teacher(x), y, cfg.alpha, cfg.temperature)
   return (Trainer(student, data, s, adamw(nn.state.get_parameters(student), s.lr, s.weight_decay), loss=loss,
                   token_bytes=tokenizer.token_bytes()), tokenizer, data)
-
-
-def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3) -> list[tuple[str, str]]:
-  """Greedy answers to n distinct held-out questions, spread over the held-out set (which repeats some, such as the
-  oversampled small talk), stopping where chat.py stops."""
-  prompts, user = {}, tokenizer.special("<|user|>")
-  for ids, targets in data.val:
-    prompt_len = next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)
-    asked = max(i for i, t in enumerate(ids[:prompt_len]) if t == user) + 1
-    question = tokenizer.decode([t for t in ids[asked:prompt_len] if t < tokenizer.eot]).strip()  # without role tokens
-    prompts.setdefault(question.lower(), (question, ids[:prompt_len]))
-  distinct = list(prompts.values())
-  picked = [distinct[i * len(distinct) // n] for i in range(min(n, len(distinct)))]
-  generator, stop = Generator(model), stop_tokens(tokenizer)
-  return [(question, "".join(stream_text(generator, tokenizer, prompt, Sampling(temperature=0, max_tokens=48), stop)).strip())
-          for question, prompt in picked]

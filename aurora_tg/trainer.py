@@ -6,10 +6,11 @@ from pathlib import Path
 import numpy as np
 from tinygrad import Tensor, TinyJit, Context, dtypes, nn
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import checkpoint, optim
-from aurora_tg.checkpoint import RunRecord
+from aurora_tg import optim
+from aurora_tg.formats import checkpoint
+from aurora_tg.formats.checkpoint import RunRecord
 from aurora_tg.config import TrainSettings
-from aurora_tg.diagnostics import NeuronWatch
+from aurora_tg.tools.diagnostics import NeuronWatch
 from aurora_tg.model import GPT, IGNORE_INDEX
 
 

@@ -1,5 +1,5 @@
 """What launching one kernel costs on OpenCL, in one run: a jitted chain of small kernels launched by tinygrad's own
-path (a kernel at a time from Python), the same chain replayed through aurora_tg/cl_graph.py, and, as the floor,
+path (a kernel at a time from Python), the same chain replayed through aurora_tg/backends/cl_graph.py, and, as the floor,
 the OpenCL driver taking a prepared launch with nothing else around it.
 
   python bench/cl_launch.py [--kernels 200] [--calls 50]
@@ -56,7 +56,7 @@ def main():
   p.add_argument("--kernels", type=int, default=200, help="kernels per jitted step (GPT-2 124M decodes a token in about 200)")
   p.add_argument("--calls", type=int, default=50, help="timed calls of the step")
   args = p.parse_args()
-  from aurora_tg.cl_graph import install
+  from aurora_tg.backends.cl_graph import install
   dev = Device["CL"]
   print(f"OpenCL device: {dev.device_name} ({dev.driver_version}); a step of {args.kernels} kernels, {args.calls} calls timed")
   saved, dev.graph = dev.graph, None
@@ -66,7 +66,7 @@ def main():
   graph = per_kernel_us(jitted_chain(args.kernels), args.kernels, args.calls)
   floor = driver_us(args.kernels * args.calls)
   print("| launch path | us per kernel | vs tinygrad's |\n|---|---|---|")
-  for label, us in (("tinygrad, kernel by kernel", tinygrad), ("CLGraph replay (aurora_tg/cl_graph.py)", graph),
+  for label, us in (("tinygrad, kernel by kernel", tinygrad), ("CLGraph replay (aurora_tg/backends/cl_graph.py)", graph),
                     ("the driver alone, one prepared kernel", floor)):
     print(f"| {label} | {us:.1f} | {tinygrad / us:.1f}x |")
 

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = """
 import json, sys, numpy as np
 sys.path.insert(0, {root!r})
-from aurora_tg.tokenizer import gpt2
+from aurora_tg.data.tokenizer import gpt2
 tok = gpt2()
 texts = [json.loads(line)["text"] for line in open({path!r}, encoding="utf-8")]
 ids = []

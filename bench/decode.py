@@ -20,10 +20,11 @@ def make_run(folder: Path, size: str) -> Path:
   preset's vocabulary trained on the default corpus (GGUF export needs a real tokenizer)."""
   from tinygrad import Tensor
   from tinygrad.nn.state import get_state_dict
-  from aurora_tg import checkpoint
+  from aurora_tg.formats import checkpoint
+  from aurora_tg.inference import loading
   from aurora_tg.model import GPT, GPTConfig, PRESETS
-  from aurora_tg.sources import default_corpus
-  from aurora_tg.tokenizer import gpt2, train_bpe
+  from aurora_tg.data.sources import default_corpus
+  from aurora_tg.data.tokenizer import gpt2, train_bpe
   shape = PRESETS[size]
   tokenizer = train_bpe(default_corpus()[:2000], shape["vocab_size"]) if "vocab_size" in shape else gpt2()
   Tensor.manual_seed(0)
@@ -59,10 +60,11 @@ def timed_rounds(engines: list[dict], tokens: int, rounds: int) -> None:
 
 
 def aurora(run: Path, kind: str | None, prompt: list[int], beam: int) -> dict:
-  from aurora_tg import checkpoint
-  from aurora_tg.generate import Generator
-  from aurora_tg.quantize import weight_bytes
-  model, _, _ = checkpoint.load_model(run, kind)
+  from aurora_tg.formats import checkpoint
+  from aurora_tg.inference import loading
+  from aurora_tg.inference.generate import Generator
+  from aurora_tg.inference.quantize import weight_bytes
+  model, _, _ = loading.load_model(run, kind)
   model.wte.pad_rows()  # as chat.py does
   gen, n = Generator(model, beam=beam), len(prompt)
   start = time.perf_counter()
@@ -132,16 +134,19 @@ def main():
   p.add_argument("--no-cold", action="store_true", help="skip the fresh-process times")
   p.add_argument("--beam", type=int, default=0, help="Aurora's kernel search (chat.py --beam), timed on its own")
   args = p.parse_args()
-  from aurora_tg import cpu_queue
+  from aurora_tg.backends import cpu_queue
   cpu_queue.use_for_decoding(args.device)  # as chat.py: on the CPU backend, jitted steps run from tinygrad's command queue
-  from aurora_tg import devices, checkpoint, hf
-  from aurora_tg.export import main as export
+  from aurora_tg.backends import devices
+  from aurora_tg.formats import checkpoint
+  from aurora_tg.inference import loading
+  from aurora_tg.formats import huggingface as hf
+  from aurora_tg.cli.export import main as export
   device = devices.select_device(args.device)
   devices.tune_for_decoding()
   with tempfile.TemporaryDirectory() as tmp:
     tmp = Path(tmp)
     run = make_run(tmp, args.size)
-    model, tokenizer, _ = checkpoint.load_model(run)
+    model, tokenizer, _ = loading.load_model(run)
     cfg = model.cfg
     hf.save(model, tmp / "hf", tokenizer)
     del model

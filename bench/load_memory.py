@@ -20,7 +20,7 @@ import sys, time
 sys.path.insert(0, {root!r})
 from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import hf
+from aurora_tg.formats import huggingface as hf
 import numpy as np
 def status_mb(key):  # VmHWM (peak resident): unlike ru_maxrss, it does not carry the parent's peak across exec
   return int(open("/proc/self/status").read().split(key + ":")[1].split()[0]) / 1024

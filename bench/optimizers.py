@@ -4,7 +4,7 @@ arXiv 2606.27715), at the scale of this machine: a sweep over the MLP (gelu, swi
 learning rates (matrix optimizers 0.05 with decay 0.025; AdamW beside them at the preset's rate).
 
 Per run it records the loss against steps and wall time, per-layer neuron death by leverage (a neuron is dead when
-its share of the update stays below a fraction of uniform for consecutive windows; see aurora_tg/diagnostics.py),
+its share of the update stays below a fraction of uniform for consecutive windows; see aurora_tg/tools/diagnostics.py),
 the neurons never active on a probe batch, and the time per step. Step times come from a timing phase after a
 setting's runs, in which the trained models take turns one step at a time: timed back to back instead, a whole run
 apart, their ratio drifted with the machine's load (+25% for one setting that measures +8% interleaved); the loss
@@ -130,11 +130,11 @@ def main():
   args = p.parse_args()
   if args.quick: args.mlps, args.expansions, args.steps, args.timing_steps = "relu2", "4", 60, 20
 
-  from aurora_tg import devices
-  from aurora_tg.data import TokenData, load_shards
-  from aurora_tg.prepare import prepared
-  from aurora_tg.sources import default_corpus
-  from aurora_tg.tokenizer import train_bpe
+  from aurora_tg.backends import devices
+  from aurora_tg.data.shards import TokenData, load_shards
+  from aurora_tg.data.prepare import prepared
+  from aurora_tg.data.sources import default_corpus
+  from aurora_tg.data.tokenizer import train_bpe
   device = devices.select_device(args.device)
   tokenizer = train_bpe(default_corpus(), 1024)
   train, val = load_shards(prepared(None, tokenizer))

@@ -7,7 +7,7 @@
   llama.cpp's `perplexity --kl-divergence` reports "same top"), and how far its logits there are from float32's
   (root mean square): quantization's error, without the cascade.
 int8 comes twice: rounded to nearest (chat.py --quantize int8) and calibrated on the embedded corpus as
-`python -m aurora_tg.export RUN OUT --quantize int8 --calibrate` does (GPTQ rounding, aurora_tg/quantize.py).
+`python -m aurora_tg.export RUN OUT --quantize int8 --calibrate` does (GPTQ rounding, aurora_tg/inference/quantize.py).
 With llama-cpp-python installed, llama.cpp answers too, from the chat model exported as GGUF in float32 and in its
 8-bit q8_0: how another float32 implementation's answers (other kernels, other summation orders) and another 8-bit
 format's compare with Aurora's float32 on the same questions, and q8_0's against llama.cpp's own float32.
@@ -25,8 +25,8 @@ ANSWER_TOKENS = 48  # the most tokens of one greedy answer
 
 def validation_loss(model, tokenizer, folder: Path, batch_size: int = 8) -> float:
   """Mean next-token loss over the held-out shards, in windows of the model's context."""
-  from aurora_tg.data import load_shards
-  from aurora_tg.eval import Scorer
+  from aurora_tg.data.shards import load_shards
+  from aurora_tg.tools.evaluation import Scorer
   from aurora_tg.model import IGNORE_INDEX
   _, val = load_shards(folder)
   T = model.cfg.block_size
@@ -42,7 +42,7 @@ def validation_loss(model, tokenizer, folder: Path, batch_size: int = 8) -> floa
 def held_out_prompts(tokenizer, block_size: int, n: int) -> list[list[int]]:
   """The distinct held-out questions of the default chat data, as prompts (the conversation up to the answer)."""
   from aurora_tg.model import IGNORE_INDEX
-  from aurora_tg.sft import ChatData, default_conversations
+  from aurora_tg.data.chat_data import ChatData, default_conversations
   data, prompts = ChatData(default_conversations(), tokenizer, block_size), {}
   for ids, targets in data.val:
     prompt = ids[:next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)]
@@ -51,20 +51,21 @@ def held_out_prompts(tokenizer, block_size: int, n: int) -> list[list[int]]:
 
 
 def greedy_answers(model, tokenizer, prompts: list[list[int]]) -> list[list[int]]:
-  from aurora_tg.chat import stop_tokens
-  from aurora_tg.generate import Generator
-  from aurora_tg.sampling import Sampling
+  from aurora_tg.inference.conversation import stop_tokens
+  from aurora_tg.inference.generate import Generator
+  from aurora_tg.inference.sampling import Sampling
   generator = Generator(model)
   return [generator.generate(p, Sampling(temperature=0, max_tokens=ANSWER_TOKENS), stop_tokens(tokenizer)) for p in prompts]
 
 
 def load(path: str, kind: str | None):
   """The model at path, quantized as `kind` (one of KINDS) says."""
-  from aurora_tg import checkpoint
-  from aurora_tg.export import CALIBRATION_TOKENS, calibration_windows
-  from aurora_tg.quantize import quantize
-  if kind != "int8, calibrated": return checkpoint.load_model(path, kind)
-  model, tokenizer, record = checkpoint.load_model(path)
+  from aurora_tg.formats import checkpoint
+  from aurora_tg.inference import loading
+  from aurora_tg.cli.export import CALIBRATION_TOKENS, calibration_windows
+  from aurora_tg.inference.quantize import quantize
+  if kind != "int8, calibrated": return loading.load_model(path, kind)
+  model, tokenizer, record = loading.load_model(path)
   windows = calibration_windows(None, tokenizer, model.cfg.block_size, CALIBRATION_TOKENS)
   return quantize(model, "int8", windows, log=lambda *_: None), tokenizer, record
 
@@ -85,7 +86,7 @@ def llama_cpp_answers(run: str, kind: str | None, block_size: int, prompts: list
   model at run exported as GGUF (kind: None or "int8", q8_0); None without llama-cpp-python."""
   try: from llama_cpp import Llama
   except ImportError: return None
-  from aurora_tg.export import main as export
+  from aurora_tg.cli.export import main as export
   with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
     path, streams = Path(tmp) / "model.gguf", (sys.stdout, sys.stderr)
     sys.stdout = sys.stderr = quiet  # the export's progress bar and summary
@@ -123,7 +124,8 @@ def main():
   p.add_argument("--questions", type=int, default=40)
   p.add_argument("--device")
   args = p.parse_args()
-  from aurora_tg import devices, prepare
+  from aurora_tg.backends import devices
+  from aurora_tg.data import prepare
   device = devices.select_device(args.device)
   print(f"on {device}")
   losses = {}
@@ -139,7 +141,7 @@ def main():
     prompts = held_out_prompts(tokenizer, model.cfg.block_size, args.questions)
     answers[kind] = greedy_answers(model, tokenizer, prompts)
     top[kind], logits[kind] = fed_reference(model, prompts, answers[None])
-  from aurora_tg.chat import stop_tokens
+  from aurora_tg.inference.conversation import stop_tokens
   for kind, label in ((None, "llama.cpp float32"), ("int8", "llama.cpp q8_0")):
     measured = llama_cpp_answers(args.chat, kind, model.cfg.block_size, prompts, answers[None], stop_tokens(tokenizer))
     if measured: answers[label], top[label], logits[label] = measured

@@ -42,7 +42,7 @@ def time_steps(step, n_steps: int) -> float:
 
 def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[str, ...] = ()):
   from tinygrad import Tensor
-  from aurora_tg.data import TokenData
+  from aurora_tg.data.shards import TokenData
   from aurora_tg.model import GPT
   from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
   settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, compute_dtype=dtype, devices=devices)
@@ -117,7 +117,7 @@ def main():
   args = p.parse_args()
   if args.device: os.environ["DEV"] = args.device.upper()
   from tinygrad import Device
-  from aurora_tg.devices import parse_devices
+  from aurora_tg.backends.devices import parse_devices
   from aurora_tg.model import GPTConfig, PRESETS
   devices = parse_devices(args.devices)
   cfg = GPTConfig(**{"vocab_size": 50261, **PRESETS[args.size]})

@@ -3,9 +3,10 @@ back from its checkpoint's record), and a record survives its round trip with pa
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 import pytest
-from aurora_tg import checkpoint, config
+from aurora_tg import config
+from aurora_tg.formats import checkpoint
 from aurora_tg.config import DEFAULTS, STAGE_FLAGS, STAGES, TrainSettings
-from test_train_cli import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
+from test_train import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
 
 FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "optimizer": "muon",
                "init": "runs/x", "freeze": "1", "lora_rank": "4", "lora_alpha": "8", "lora_dropout": "0.1",
@@ -73,7 +74,7 @@ def test_known_rows(flags, expected):
 
 
 def test_the_default_pipeline_is_pretraining_then_chat_fine_tuning(text_file):
-  from aurora_tg.run import plan
+  from aurora_tg.cli.train import plan
   (pre, resume_pre), (sft, resume_sft) = plan({"size": "tiny", "batch_size": 4, "seed": 5}, "CPU")
   assert pre.chat_after and not resume_pre and not resume_sft
   assert (sft.init, sft.out, sft.train.batch_size, sft.train.seed, sft.train.steps) == ("runs/tiny", "runs/tiny-sft", 4, 5, 300)
@@ -81,7 +82,7 @@ def test_the_default_pipeline_is_pretraining_then_chat_fine_tuning(text_file):
 
 
 def test_resuming_the_pipeline_resumes_each_stage_from_its_own_record(tmp_path):
-  from aurora_tg.run import plan
+  from aurora_tg.cli.train import plan
   out = tmp_path / "runs" / "tiny"
   (pre, _), (sft, _) = plan({"size": "tiny", "out": str(out)}, "CPU")
   record = lambda cfg: checkpoint.RunRecord(cfg.stage, config.GPTConfig(), "tok", cfg, step=1)

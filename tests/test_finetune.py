@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 from tinygrad import Tensor, nn
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import UserError, checkpoint
-from aurora_tg.finetune import distillation_loss, prepare_distill, sample_answers
+from aurora_tg import UserError
+from aurora_tg.formats import checkpoint
+from aurora_tg.finetune import distillation_loss, prepare_distill
+from aurora_tg.cli.train import sample_answers
 from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig, IGNORE_INDEX
-from aurora_tg.sft import ChatData
-from aurora_tg.tokenizer import train_bpe
+from aurora_tg.data.chat_data import ChatData
+from aurora_tg.data.tokenizer import train_bpe
 from aurora_tg.config import DistillConfig, TrainSettings
 from aurora_tg.trainer import Trainer
 from conftest import TEST_SHAPE, sample_text
 from test_chat import chat
-from test_hf import CONV1D as HF_CONV1D, numpy_gpt2, read_safetensors_numpy
-from test_train_cli import TINY_RUN, finished_run, train  # noqa: F401  (finished_run is a fixture)
+from test_huggingface import CONV1D as HF_CONV1D, numpy_gpt2, read_safetensors_numpy
+from test_train import TINY_RUN, finished_run, train  # noqa: F401  (finished_run is a fixture)
 
 
 def np_log_softmax(z):
@@ -135,7 +137,7 @@ def test_a_moved_runs_folder_with_a_lora_run_still_chats(finished_run, tmp_path)
 
 def test_samples_are_distinct_held_out_questions():
   """The default conversations hold small talk 8 times over; the held-out set repeats it, the samples must not."""
-  from aurora_tg.sft import default_conversations
+  from aurora_tg.data.chat_data import default_conversations
   tokenizer = train_bpe([sample_text()], 300)
   Tensor.manual_seed(0)
   model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": 64}))

@@ -2,15 +2,16 @@
 import numpy as np
 from tinygrad import Tensor, nn
 from tinygrad.nn.state import safe_load
-from aurora_tg import checkpoint, lora
-from aurora_tg.checkpoint import RunRecord
+from aurora_tg import lora
+from aurora_tg.formats import checkpoint
+from aurora_tg.formats.checkpoint import RunRecord
 from aurora_tg.finetune import frozen_below
 from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer
 from conftest import TEST_SHAPE
 from test_trainer import SETTINGS, structured_tokens
-from aurora_tg.data import TokenData
+from aurora_tg.data.shards import TokenData
 
 IDS = Tensor(np.random.default_rng(0).integers(0, 97, size=(2, 16)).tolist())
 

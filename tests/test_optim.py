@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from tinygrad import Tensor, Context
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import checkpoint, optim
+from aurora_tg import optim
+from aurora_tg.formats import checkpoint
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.config import DEFAULTS
 from aurora_tg.trainer import TrainSettings

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from tinygrad import Tensor, Context, dtypes, nn
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import checkpoint
-from aurora_tg.checkpoint import RunRecord
-from aurora_tg.data import TokenData
+from aurora_tg.formats import checkpoint
+from aurora_tg.formats.checkpoint import RunRecord
+from aurora_tg.data.shards import TokenData
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer, lr_multiplier
 from conftest import TEST_SHAPE
@@ -213,7 +213,7 @@ def test_mixed_precision_keeps_float32_weights_and_follows_float32_training():
 
 def test_bits_per_byte_is_the_summed_loss_in_bits_over_the_bytes_the_targets_decode_to():
   """Checked against numpy: the model's logits, a float64 log-softmax, and each target's bytes from the tokenizer."""
-  from aurora_tg.tokenizer import train_bpe
+  from aurora_tg.data.tokenizer import train_bpe
   from conftest import sample_text
   tok = train_bpe([sample_text(3000)], 300)
   stream = np.array([t for seed in range(30) for t in tok.encode(sample_text(60, seed=seed)) + [tok.eot]], np.uint16)

@@ -6,7 +6,7 @@ skipped; one that computes wrongly runs its tests (and fails them). In CI (CI=tr
 up for (REQUIRED_IN_CI) must work: one that does not stops the run at collection, with the reason."""
 import functools, os
 import pytest
-from aurora_tg.devices import dtype_problem, problem
+from aurora_tg.backends.devices import dtype_problem, problem
 
 # Every backend Aurora's one code path targets; those not present here show up as skipped, with the reason.
 KERNEL_BACKENDS = ("CPU", "CL", "CUDA", "NV", "AMD", "METAL")

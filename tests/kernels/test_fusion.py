@@ -11,11 +11,11 @@ import pytest
 from tinygrad import Tensor, GlobalCounters
 from tinygrad.codegen import to_program_cache
 from tinygrad.engine.realize import runtime_cache
-from aurora_tg.data import TokenData
-from aurora_tg.generate import Generator
-from aurora_tg.sampling import Sampling
+from aurora_tg.data.shards import TokenData
+from aurora_tg.inference.generate import Generator
+from aurora_tg.inference.sampling import Sampling
 from aurora_tg.model import GPT, GPTConfig
-from aurora_tg.quantize import quantize
+from aurora_tg.inference.quantize import quantize
 from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
 from kernel_check import on
 

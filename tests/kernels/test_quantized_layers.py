@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import example, given
 from tinygrad import Tensor
 from aurora_tg.model import Linear, TiedEmbedding
-from aurora_tg.quantize import Float16Embedding, Int8Embedding, Int8Linear, int8_rows
+from aurora_tg.inference.quantize import Float16Embedding, Int8Embedding, Int8Linear, int8_rows
 from kernel_check import SIZES, SMALL_SIZES, SEEDS, normal, on
 
 

@@ -1,0 +1,1 @@
+"""Around training: neuron-death diagnostics, metrics logs, loss plots and evaluation (HellaSwag, bits per byte)."""
