@@ -56,6 +56,6 @@ def prepare_distill(cfg: DistillConfig, workers: int) -> tuple[Trainer, Tokenize
   if student.cfg.block_size > teacher.cfg.block_size:
     raise UserError(f"the student's context ({student.cfg.block_size}) is longer than the teacher's ({teacher.cfg.block_size})")
   data, s = token_data(cfg, tokenizer, student.cfg.block_size, workers), cfg.train
-  loss = lambda x, y: distillation_loss(student(x), teacher(x), y, cfg.alpha, cfg.temperature)
+  loss = lambda x, y: distillation_loss(student(x), teacher(x), y, cfg.distill_alpha, cfg.distill_temperature)
   return (Trainer(student, data, s, adamw(nn.state.get_parameters(student), s.lr, s.weight_decay), loss=loss,
                   token_bytes=tokenizer.token_bytes()), tokenizer, data)

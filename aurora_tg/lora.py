@@ -15,9 +15,6 @@ class LoRAConfig:
   dropout: float = 0.0
   targets: tuple[str, ...] = PROJECTIONS
 
-  @classmethod
-  def from_dict(cls, d: dict) -> "LoRAConfig": return cls(**{**d, "targets": tuple(d["targets"])})
-
 
 class LoRALinear:
   def __init__(self, base: Linear, cfg: LoRAConfig):

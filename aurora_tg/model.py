@@ -146,30 +146,24 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = N
   return stored(softmax(scores)) @ v
 
 
-@dataclass(frozen=True)
-class Rows:
-  """Where each row of a batch is, when the rows are separate requests (batched serving): row b's T tokens go to
-  positions starts[b].., of which only the first lengths[b] are real (0: the row is left as it is)."""
-  starts: Tensor   # (B,) int32
-  lengths: Tensor  # (B,) int32
+class NoCache:
+  """The plain forward (training, a whole sequence): idx holds positions 0..T-1, its tokens attend to each other alone,
+  and each gives logits. A KV cache (aurora_tg/inference/kv_cache.py) answers the same three calls for its layout."""
+  def positions(self, T: int) -> slice:
+    """What the position tables (learned, RoPE) are indexed with for T tokens: a slice, or a (B, T) tensor."""
+    return slice(0, T)
 
-  def positions(self, T: int) -> Tensor:
-    return self.starts.unsqueeze(1) + Tensor.arange(T, dtype=dtypes.int32).to(self.starts.device)  # (B, T)
+  def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The keys and values (B, H, T, D) that layer's queries attend to, and which of them each query sees
+    (causal_attention's `visible`; None: the causal mask)."""
+    return k, v, None
 
-  def write(self, cache: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Write each row's real keys and values (B, H, T, D) into the cache (2, B, H, block, D) at its positions and
-    return the whole cache. A one-hot matmul places them: each row's offset differs, so no slice can."""
-    B, T, block = k.shape[0], k.shape[2], cache.shape[3]
-    offset = Tensor.arange(block, dtype=dtypes.int32).to(k.device).unsqueeze(0) - self.starts.unsqueeze(1)  # (B, block)
-    inside = ((offset >= 0) & (offset < self.lengths.unsqueeze(1))).reshape(1, B, 1, block, 1)
-    place = (offset.unsqueeze(-1) == Tensor.arange(T, dtype=dtypes.int32).to(k.device)).cast(k.dtype).reshape(1, B, 1, block, T)
-    cache.assign(inside.where(place @ Tensor.stack(k, v), cache))
-    return cache
+  def pick(self, x: Tensor) -> Tensor:
+    """The hidden states (B, T, C) whose logits are wanted."""
+    return x
 
-  def visible(self, T: int, block: int) -> Tensor:
-    """(B, 1, T, block): a token sees the keys at and before its own position (older requests' leftovers never)."""
-    keys = Tensor.arange(block, dtype=dtypes.int32).to(self.starts.device)
-    return (keys.reshape(1, 1, block) <= self.positions(T).unsqueeze(-1)).unsqueeze(1)
+
+NO_CACHE = NoCache()
 
 
 class Attention:
@@ -178,18 +172,12 @@ class Attention:
     self.c_attn = Linear(cfg.n_embd, 3 * cfg.n_embd, cfg.bias)
     self.c_proj = Linear(cfg.n_embd, cfg.n_embd, cfg.bias, std=proj_std)
 
-  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: Tensor | None = None, start_pos=0) -> Tensor:
-    """With a KV cache (2, B, H, block_size, D), x holds the tokens at start_pos.. and attends to all before them."""
+  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache=NO_CACHE, layer: int = 0) -> Tensor:
+    """x's tokens attend to the keys the cache gives this layer (NoCache: to each other)."""
     B, T, C = x.shape
     q, k, v = [t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=-1)]
     if rope is not None: q, k = stored(apply_rope(q, *rope)), stored(apply_rope(k, *rope))
-    visible = None
-    if isinstance(start_pos, Rows):
-      cache = start_pos.write(cache, k, v)
-      k, v, visible = cache[0], cache[1], start_pos.visible(T, cache.shape[3])
-    elif cache is not None:
-      cache[:, :, :, start_pos:start_pos + T].assign(Tensor.stack(k, v))
-      k, v = cache[0, :, :, :start_pos + T], cache[1, :, :, :start_pos + T]
+    k, v, visible = cache.update(layer, k, v)
     y = causal_attention(q, k, v, visible)
     return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
@@ -213,8 +201,8 @@ class Block:
     self.ln_1, self.attn = Norm(cfg.n_embd, cfg.norm, cfg.bias), Attention(cfg, proj_std)
     self.ln_2, self.mlp = Norm(cfg.n_embd, cfg.norm, cfg.bias), MLP(cfg, proj_std)
 
-  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: Tensor | None = None, start_pos=0) -> Tensor:
-    x = x + self.attn(self.ln_1(x), rope, cache, start_pos)
+  def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache=NO_CACHE, layer: int = 0) -> Tensor:
+    x = x + self.attn(self.ln_1(x), rope, cache, layer)
     return x + self.mlp(self.ln_2(x))
 
 
@@ -246,29 +234,23 @@ class GPT:
     # dtype when the trainer sets bfloat16 or float16. Norms, softmax, GELU and the loss run in float32.
     self.compute_dtype = dtypes.float32
 
-  def __call__(self, idx: Tensor, caches: list[Tensor] | None = None, start_pos=0, at=None) -> Tensor:
+  def __call__(self, idx: Tensor, cache=NO_CACHE) -> Tensor:
     """Token ids (B, T) -> logits (B, T, head_rows): the vocabulary's, then -inf for any padding. The LM head is tied
     to the token embedding.
-    With caches (from new_kv_caches), idx holds the tokens at positions start_pos.. (an int or a bound Variable), or
-    at each row's own positions (Rows). With `at` (an int or a bound Variable; with Rows, a (B,) tensor), only the
-    logits of that position of idx: (B, 1, head_rows)."""
+    With a KV cache (aurora_tg/inference/kv_cache.py), idx holds the tokens at the positions the cache gives, they
+    attend to the keys it holds too, and only the tokens it picks give logits."""
     B, T = idx.shape
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
+    positions = cache.positions(T)
     x = self.wte(idx)
-    # with Rows, padding past the context reads the last position's table entries; it is never written or seen
-    positions = start_pos.positions(T).clip(0, self.cfg.block_size - 1) if isinstance(start_pos, Rows) else None
-    if self.wpe is not None: x = x + (self.wpe(positions) if positions is not None else self.wpe.weight[start_pos:start_pos + T])
+    if self.wpe is not None: x = x + self.wpe.weight[positions]
     x = x.cast(self.compute_dtype)
     rope = None
     if self.cfg.pos == "rope":  # built inside the graph rather than stored, so the tables never enter the state dict
-      cos, sin = rope_tables(self.cfg.head_dim, self.cfg.block_size)
-      if positions is not None: rope = (cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
-      else: rope = (cos[start_pos:start_pos + T], sin[start_pos:start_pos + T])
-    for i, block in enumerate(self.h): x = block(x, rope, caches[i] if caches else None, start_pos)
-    # prefill needs the next token's logits alone
-    if isinstance(at, Tensor): x = (at.reshape(B, 1, 1) == Tensor.arange(T).to(x.device).reshape(1, T, 1)).where(x, 0).sum(1, keepdim=True)
-    elif at is not None: x = x[:, at:at + 1]
-    logits = self.wte.project(self.ln_f(x))
+      # (T, D/2) or (B, 1, T, D/2): broadcast over the heads of q and k (B, H, T, D/2)
+      rope = tuple(table[positions].unsqueeze(-3) for table in rope_tables(self.cfg.head_dim, self.cfg.block_size))
+    for i, block in enumerate(self.h): x = block(x, rope, cache, i)
+    logits = self.wte.project(self.ln_f(cache.pick(x)))
     if logits.shape[-1] == self.cfg.vocab_size: return logits
     # a head padded for decoding (TiedEmbedding.pad_rows) has rows past the vocabulary: their logits are -inf, never
     # chosen. The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower
@@ -279,12 +261,6 @@ class GPT:
     """The logits' width: the vocabulary, or more once the head is padded for decoding (TiedEmbedding.pad_rows, which
     comes before a Generator or BatchDecoder is built: they size the sampler's state by it)."""
     return self.wte.weight.shape[0]
-
-  def new_kv_caches(self, batch_size: int = 1) -> list[Tensor]:
-    """One preallocated (2, B, heads, block_size, head_dim) key/value buffer per layer, kept outside the model so
-    it never enters the state dict or the optimizer."""
-    shape = (2, batch_size, self.cfg.n_head, self.cfg.block_size, self.cfg.head_dim)
-    return [Tensor.zeros(*shape).contiguous().realize() for _ in self.h]
 
   def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over the targets that are not IGNORE_INDEX."""

@@ -44,16 +44,21 @@ class Trainer:
     # jitted functions must see weights as stored buffers: a still-lazy initialisation would be captured as kernels
     Tensor.realize(*self.model_params, *nn.state.get_parameters(optimizer))
     if settings.devices: self._replicate(settings.devices)
-    model.compute_dtype = getattr(dtypes, settings.compute_dtype)
+    model.compute_dtype = getattr(dtypes, settings.dtype)
     self.base_lrs = [o.lr.item() for o in optimizer.optimizers]
     # gradients summed over micro-batches live in buffers of their own, so accumulation spans separate jit calls
     self.grad_sums = [Tensor.zeros_like(p).contiguous().realize() for p in self.params]
     self.step, self.rng, self.last_val_loss, self.best_val_loss, self.elapsed_before = 0, np.random.default_rng(settings.seed), None, None, 0.0
     self.last_val_bpb: float | None = None
-    # a fixed probe batch (its own generator), on which each evaluation counts the neurons that never fire
-    probe = data.batch(np.random.default_rng(settings.seed + 2), NeuronWatch.PROBE_SEQUENCES, "val")[0]
-    self.watch = NeuronWatch(model, self.params, self._tensor(probe, axis=None))
+    self.watch = self._neuron_watch() if settings.diagnostics else None
     self._micro_step, self._update_step, self._eval_step = TinyJit(self._micro), TinyJit(self._update), TinyJit(self._eval)
+
+  def _neuron_watch(self) -> NeuronWatch:
+    """Neuron-death diagnostics (--diagnostics): a copy of every trained MLP up/gate weight and kernels in every update,
+    so only runs that ask for them pay. A fixed probe batch (its own generator) is where each evaluation counts the
+    neurons that never fire."""
+    probe = self.data.batch(np.random.default_rng(self.s.seed + 2), NeuronWatch.PROBE_SEQUENCES, "val")[0]
+    return NeuronWatch(self.model, self.params, self._tensor(probe, axis=None))
 
   def _replicate(self, devices: tuple[str, ...]):
     """Data parallelism: a copy of every weight and optimizer tensor on each device. Batches are then split along
@@ -92,11 +97,11 @@ class Trainer:
       scale = (self.s.grad_clip / (norm + 1e-6)).minimum(1.0) if self.s.grad_clip > 0 else norm.ones_like()
       for p, g in zip(self.params, grads): p.grad = g * scale
       for opt, base in zip(self.optimizer.optimizers, self.base_lrs): opt.lr.assign(lr_mult * base)
-      self.watch.snapshot()
+      if self.watch: self.watch.snapshot()
       updates = self.optimizer.schedule_step()
       for acc in self.grad_sums: acc.assign(acc.zeros_like())
       finite = Tensor.stack(*[p.isfinite().all().contiguous() for p in self.params]).all()
-      return Tensor.stack(norm, finite.float()).realize(*updates, *self.grad_sums, *self.watch.accumulate())
+      return Tensor.stack(norm, finite.float()).realize(*updates, *self.grad_sums, *(self.watch.accumulate() if self.watch else ()))
 
   # evaluation is always the model's own cross-entropy (on assistant tokens, for chat data), whatever it trains on;
   # per token, so that bits per byte can weigh each by the bytes it stands for
@@ -165,10 +170,10 @@ class Trainer:
           tok_s = window_tokens / (now - window_start)
           eta = (self.s.steps - self.step) * (now - start) / (self.step - first_step)
           lr = self.base_lrs[0] * lr_multiplier(self.step - 1, self.s)
-          neurons = self.watch.report()
-          dead = "/".join(f"{f:.0%}" for f in neurons["dead_fraction"])
+          neurons = self.watch.report() if self.watch else {}
+          dead = f"dead neurons {'/'.join(f'{f:.0%}' for f in neurons['dead_fraction'])} | " if self.watch else ""
           log(f"step {self.step:5d}/{self.s.steps} | loss {loss:.4f} | lr {lr:.2e} | grad norm {norm:.2f} | "
-              f"dead neurons {dead} | {tok_s:,.0f} tok/s | {_duration(eta)} left")
+              f"{dead}{tok_s:,.0f} tok/s | {_duration(eta)} left")
           metrics({"step": self.step, "train_loss": loss, "lr": lr, "tokens_per_s": tok_s, "elapsed_s": elapsed(), **neurons})
           window_start, window_tokens = now, 0
         if self.step % self.s.eval_every == 0 or self.step == self.s.steps:
@@ -188,10 +193,10 @@ class Trainer:
     val = self.evaluate()
     self.last_val_loss = val
     extra = ({"val_bpb": self.last_val_bpb} if self.last_val_bpb is not None else {}) | self.extra_eval(self.step)
-    never = self.watch.never_active()
+    never = {"never_active": self.watch.never_active()} if self.watch else {}
     log(f"step {self.step:5d}: val loss {val:.4f}" + "".join(f" | {name} {value:.4f}" for name, value in extra.items())
-        + f" | never active {'/'.join(f'{f:.0%}' for f in never)}")
-    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s, "never_active": never} | extra)
+        + "".join(f" | never active {'/'.join(f'{f:.0%}' for f in fractions)}" for fractions in never.values()))
+    metrics({"step": self.step, "train_loss": train_loss, "val_loss": val, "elapsed_s": elapsed_s} | never | extra)
 
 
 def _duration(seconds: float) -> str:

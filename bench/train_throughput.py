@@ -45,7 +45,7 @@ def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[s
   from aurora_tg.data.shards import TokenData
   from aurora_tg.model import GPT
   from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
-  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, compute_dtype=dtype, devices=devices)
+  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, dtype=dtype, devices=devices)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=200_000, dtype=np.int64).astype(np.uint32)
   Tensor.manual_seed(0)
   model = GPT(cfg)

@@ -6,6 +6,8 @@ import pytest
 from aurora_tg import config
 from aurora_tg.formats import checkpoint
 from aurora_tg.config import DEFAULTS, STAGE_FLAGS, STAGES, TrainSettings
+from aurora_tg.cli.train import machine
+CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
 from test_train import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
 
 FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "optimizer": "muon",
@@ -51,14 +53,14 @@ def test_every_default_in_the_table_is_what_runs_use(finished_run, tmp_path):
   train("--stage", "distill", "--teacher", base, "--steps", "2", "--data", corpus, "--out", tmp_path / "distill", check_code=0)
   distill = checkpoint.read_record(tmp_path / "distill").run
   assert recorded_settings(tmp_path / "distill") == expected_settings("tiny", "distill", steps=2)
-  assert (distill.alpha, distill.temperature, distill.size, distill.init) == (0.5, 2.0, "tiny", None)
+  assert (distill.distill_alpha, distill.distill_temperature, distill.size, distill.init) == (0.5, 2.0, "tiny", None)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "medium", "gpt2", "gpt2-xl"])
 @pytest.mark.parametrize("optimizer", ["adamw", "aurora", "sgd"])
 def test_presets_and_optimizers_resolve_through_the_table(preset, optimizer):
-  cfg = config.new_run("pretrain", {"size": preset, "optimizer": optimizer, "dtype": "float32"}, "CPU")
-  assert asdict(cfg.train) == expected_settings(preset, optimizer, optimizer=optimizer, compute_dtype="float32")
+  cfg = config.new_run("pretrain", {"size": preset, "optimizer": optimizer, "dtype": "float32"}, CPU)
+  assert asdict(cfg.train) == expected_settings(preset, optimizer, optimizer=optimizer, dtype="float32")
   assert cfg.out == f"runs/{preset}" and cfg.tokenizer == ("gpt2" if preset.startswith("gpt2") else "bpe")
 
 
@@ -69,43 +71,43 @@ def test_presets_and_optimizers_resolve_through_the_table(preset, optimizer):
   ({"size": "tiny", "steps": 30, "lr": 0.01}, dict(steps=30, lr=0.01, warmup=3, batch_size=16)),
 ])
 def test_known_rows(flags, expected):
-  train = asdict(config.new_run("pretrain", flags, "CPU").train)
+  train = asdict(config.new_run("pretrain", flags, CPU).train)
   assert {k: train[k] for k in expected} == expected
 
 
 def test_the_default_pipeline_is_pretraining_then_chat_fine_tuning(text_file):
   from aurora_tg.cli.train import plan
-  (pre, resume_pre), (sft, resume_sft) = plan({"size": "tiny", "batch_size": 4, "seed": 5}, "CPU")
+  (pre, resume_pre), (sft, resume_sft) = plan({"size": "tiny", "batch_size": 4, "seed": 5}, CPU)
   assert pre.chat_after and not resume_pre and not resume_sft
   assert (sft.init, sft.out, sft.train.batch_size, sft.train.seed, sft.train.steps) == ("runs/tiny", "runs/tiny-sft", 4, 5, 300)
-  assert [len(plan(f, "CPU")) for f in ({"size": "tiny", "stage": "pretrain"}, {"size": "tiny", "data": str(text_file)})] == [1, 1]
+  assert [len(plan(f, CPU)) for f in ({"size": "tiny", "stage": "pretrain"}, {"size": "tiny", "data": str(text_file)})] == [1, 1]
 
 
 def test_resuming_the_pipeline_resumes_each_stage_from_its_own_record(tmp_path):
   from aurora_tg.cli.train import plan
   out = tmp_path / "runs" / "tiny"
-  (pre, _), (sft, _) = plan({"size": "tiny", "out": str(out)}, "CPU")
+  (pre, _), (sft, _) = plan({"size": "tiny", "out": str(out)}, CPU)
   record = lambda cfg: checkpoint.RunRecord(cfg.stage, config.GPTConfig(), "tok", cfg, step=1)
   checkpoint.save(out, {}, {}, record(pre))
-  assert [(c.stage, resume) for c, resume in plan({"resume": True, "out": str(out)}, "CPU")] == [("pretrain", True), ("sft", False)]
+  assert [(c.stage, resume) for c, resume in plan({"resume": True, "out": str(out)}, CPU)] == [("pretrain", True), ("sft", False)]
   checkpoint.save(sft.out, {}, {}, record(replace(sft, train=replace(sft.train, lr=0.123))))
-  (_, _), (again, resume) = plan({"resume": True, "out": str(out)}, "CPU")
+  (_, _), (again, resume) = plan({"resume": True, "out": str(out)}, CPU)
   assert resume and again.train.lr == 0.123  # the SFT run's own record, not the pipeline's defaults
-  alone = plan({"size": "tiny", "stage": "pretrain", "out": str(tmp_path / "alone")}, "CPU")[0][0]
+  alone = plan({"size": "tiny", "stage": "pretrain", "out": str(tmp_path / "alone")}, CPU)[0][0]
   checkpoint.save(alone.out, {}, {}, record(alone))
-  assert len(plan({"resume": True, "out": alone.out}, "CPU")) == 1  # --stage pretrain stays one stage on resume
-  with pytest.raises(config.UserError, match="fewer than the 1 the run has done"): plan({"resume": True, "out": alone.out, "steps": 0}, "CPU")
+  assert len(plan({"resume": True, "out": alone.out}, CPU)) == 1  # --stage pretrain stays one stage on resume
+  with pytest.raises(config.UserError, match="fewer than the 1 the run has done"): plan({"resume": True, "out": alone.out, "steps": 0}, CPU)
 
 
 def test_a_fine_tuning_stage_takes_the_rows_of_its_starting_models_preset():
-  cfg = config.new_run("sft", {"init": "runs/gpt2", "dtype": "float32"}, "CPU", init_preset="gpt2")
-  assert asdict(cfg.train) == expected_settings("gpt2", "sft", compute_dtype="float32")
+  cfg = config.new_run("sft", {"init": "runs/gpt2", "dtype": "float32"}, CPU, init_preset="gpt2")
+  assert asdict(cfg.train) == expected_settings("gpt2", "sft", dtype="float32")
   assert cfg.out == "runs/gpt2-sft" and cfg.train.grad_accum == 1
 
 
 def test_the_record_round_trips_with_lineage_relative_to_the_run_folder(tmp_path):
   (tmp_path / "runs" / "base").mkdir(parents=True)
-  cfg = config.new_run("lora", {"init": str(tmp_path / "runs" / "base"), "lora_rank": 4}, "CPU", init_preset="tiny")
+  cfg = config.new_run("lora", {"init": str(tmp_path / "runs" / "base"), "lora_rank": 4}, CPU, init_preset="tiny")
   cfg = replace(cfg, out=str(tmp_path / "runs" / "base-lora"))
   stored = cfg.to_dict(cfg.out)
   assert stored["init"] == "../base" and "out" not in stored

@@ -203,7 +203,7 @@ def test_mixed_precision_keeps_float32_weights_and_follows_float32_training():
   """float16 compute (CPU has it; bfloat16 is the GPU default): the loss tracks float32 training's within half
   precision's rounding, and weights and optimizer state stay float32."""
   full = make_trainer()
-  half = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "compute_dtype": "float16"}))
+  half = make_trainer(TrainSettings(**{**SETTINGS.__dict__, "dtype": "float16"}))
   for _ in range(3):
     (loss_full, _), (loss_half, _) = full.train_step(), half.train_step()
     assert loss_half == pytest.approx(loss_full, rel=1e-2)

@@ -13,6 +13,7 @@ from tinygrad.engine.jit import GraphRunner
 from tinygrad.helpers import IMAGE
 from tinygrad.runtime.autogen import opencl as cl
 from tinygrad.runtime.ops_cl import check, checked
+from aurora_tg.backends import fence
 
 
 class CLGraph(GraphRunner):
@@ -67,8 +68,10 @@ class CLGraph(GraphRunner):
 
 def install(device: str) -> bool:
   """Make jitted steps on `device` (a CL device) run through CLGraph; False where it does not apply: another backend,
-  a graph already set, or tinygrad's IMAGE mode, whose image arguments this runner does not prepare."""
-  if device.split(":")[0] != "CL" or IMAGE: return False
+  a graph already set, tinygrad's IMAGE mode, whose image arguments this runner does not prepare, or another tinygrad
+  than the one it was written for (fence.py). The graph is the device's for the rest of the process: decoding is all
+  that process does (chat, the server, bench/decode.py)."""
+  if device.split(":")[0] != "CL" or IMAGE or not fence.allows("the CL graph runner"): return False
   dev = Device[device]
   if dev.graph is None: dev.graph = CLGraph
   return dev.graph is CLGraph

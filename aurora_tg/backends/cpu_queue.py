@@ -9,6 +9,7 @@ when it is imported, so this module imports nothing of tinygrad and runs first.
 It is for decoding only (chat.py, the server, bench/decode.py): in tinygrad 0.14 the runtime is still new, and
 training with data parallelism over CPU devices computed different losses under it."""
 import os, sys
+from aurora_tg.backends import fence  # imports nothing of tinygrad
 
 
 def use_for_decoding(device: str | None) -> bool:
@@ -18,5 +19,6 @@ def use_for_decoding(device: str | None) -> bool:
   it is untried."""
   name = (device or os.environ.get("DEV", "")).strip().upper()
   if name != "CPU" or "HCQ2" in os.environ or "tinygrad" in sys.modules: return False
+  if not fence.allows("decoding through the CPU command queue"): return False
   os.environ["HCQ2"] = "1"
   return True

@@ -1,9 +1,10 @@
-"""Backend selection: tinygrad's DEV picks the device; this module validates the user's choice, and sets one knob of
-tinygrad's kernel layout for decoding."""
+"""Backend selection: tinygrad's DEV picks the device (DEV.value is how tinygrad asks to set it at run time); this module
+validates the user's choice, and tunes decoding on an OpenCL CPU through tinygrad's internals (fenced, fence.py)."""
 import ctypes, functools, os
 from tinygrad import Device, Tensor, dtypes
 from tinygrad.helpers import DEV, getenv
 from aurora_tg import UserError
+from aurora_tg.backends import fence
 
 BACKENDS = ("CUDA", "NV", "AMD", "METAL", "CL", "CPU", "WEBGPU")
 INSTALL_HINT = ("install one: clang for the CPU (apt install clang), an OpenCL driver for CL (apt install pocl-opencl-icd "
@@ -65,7 +66,7 @@ def tune_for_decoding():
 
   On CL, jitted steps also replay as prepared kernel launches (aurora_tg/backends/cl_graph.py) rather than through
   tinygrad's per-kernel Python path, 3 us a launch instead of 30 on a 2-core CPU (bench/cl_launch.py)."""
-  if Device.DEFAULT.split(":")[0] != "CL": return
+  if Device.DEFAULT.split(":")[0] != "CL" or not fence.allows("decoding's tuning for OpenCL"): return
   from aurora_tg.backends import cl_graph  # here: it loads tinygrad's OpenCL runtime, which other backends' machines may lack
   cl_graph.install(Device.DEFAULT)
   if "MV_THREADS_PER_ROW" not in os.environ and opencl_on_cpu():

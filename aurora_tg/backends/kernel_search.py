@@ -9,6 +9,7 @@ import time
 from tinygrad import Context
 from tinygrad.engine import realize
 from tinygrad.helpers import BEAM, DEBUG, tqdm
+from aurora_tg.backends import fence
 
 
 class SearchProgress(tqdm):
@@ -35,5 +36,10 @@ class SearchProgress(tqdm):
 def searching(beam: int):
   """Compile what runs inside with tinygrad's BEAM set to beam (0: no search, even with BEAM set in the environment;
   tinygrad's JITBEAM, which overrides BEAM inside a jit, still searches), and show the search's progress on stderr."""
-  realize.tqdm = SearchProgress  # lower_and_compile looks its tqdm up in its module as it runs
-  with Context(BEAM=beam): yield
+  # lower_and_compile looks its tqdm up in its module as it runs: replaced for the search, then put back
+  shown = beam > 0 and fence.allows("the kernel search's progress bar")
+  saved = realize.tqdm
+  if shown: realize.tqdm = SearchProgress
+  try:
+    with Context(BEAM=beam): yield
+  finally: realize.tqdm = saved

@@ -1,6 +1,6 @@
 """`aurora train` (and `python train.py`): plan the stages from the flags, then for each build tokenizer, data, model and
 optimizer, train, and report."""
-import argparse, sys, time
+import argparse, functools, sys, time
 from pathlib import Path
 from tinygrad import Tensor
 from aurora_tg import UserError, config, finetune, lora
@@ -25,40 +25,45 @@ from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.trainer import Trainer, NonFinite, build_optimizer
 
 
-def plan(flags: dict, device: str) -> list[tuple[StageConfig, bool]]:
+def plan(flags: dict, machine: config.Machine) -> list[tuple[StageConfig, bool]]:
   """The stages to run, each with whether it resumes. Without --stage (and --data), pretraining is followed by chat
   fine-tuning (the pretraining config records it); with --init alone, that model is chat fine-tuned. --resume takes
   each stage's config from its record."""
   stage = config.stage_of(flags)
   # checked before any file is read, so a misplaced flag is reported as such; a resumed run's stage is in its record
   if not flags.get("resume"): config.check_flags(stage, flags)
-  if flags.get("resume"): first = resumed_config(Path(flags.get("out") or config.default_out(stage, flags)), flags, device)
+  if flags.get("resume"): first = resumed_config(Path(flags.get("out") or config.default_out(stage, flags)), flags, machine)
   else:
     init_preset = config.preset_of(checkpoint.model_config(flags["init"])) if flags.get("init") and stage != "pretrain" else None
-    first = config.new_run(stage, flags, device, init_preset, chat_after=flags.get("stage") is None and not flags.get("data"))
+    first = config.new_run(stage, flags, machine, init_preset, chat_after=flags.get("stage") is None and not flags.get("data"))
   stages = [(first, bool(flags.get("resume")))]
   if isinstance(first, PretrainConfig) and first.chat_after:
-    sft = config.chat_finetune_after(first, device)
+    sft = config.chat_finetune_after(first, machine)
     if flags.get("resume") and (Path(sft.out) / checkpoint.CHECKPOINT_NAME).exists():
-      stages.append((resumed_config(Path(sft.out), {}, device), True))
+      stages.append((resumed_config(Path(sft.out), {}, machine), True))
     else: stages.append((sft, False))
   return stages
 
 
-def resumed_config(out: Path, flags: dict, device: str) -> StageConfig:
+def machine(device: str) -> config.Machine:
+  """What the config asks of this machine, answered by tinygrad (device: the selected backend)."""
+  return config.Machine(device, functools.partial(devices.supports_dtype, device), devices.parse_devices)
+
+
+def resumed_config(out: Path, flags: dict, machine: config.Machine) -> StageConfig:
   path = out / checkpoint.CHECKPOINT_NAME
   if not path.exists(): raise UserError(f"nothing to resume: {path} does not exist")
   saved = checkpoint.read_record(path)
   if saved.run is None: raise UserError(f"{out} was written by an older Aurora that did not record its settings; it cannot be resumed")
   if flags.get("stage") not in (None, saved.stage): raise UserError(f"--stage {flags['stage']} does not match the run being resumed ({saved.stage})")
   if flags.get("steps", saved.step) < saved.step: raise UserError(f"--steps {flags['steps']} is fewer than the {saved.step} the run has done")
-  return config.resumed(saved.run, flags, device)
+  return config.resumed(saved.run, flags, machine)
 
 
 def train(flags: dict) -> int:
   """Run the planned stages in order; stop at the first that does not finish."""
   device = devices.select_device(flags.get("device"))
-  stages = plan(flags, device)
+  stages = plan(flags, machine(device))
   if any(cfg.wandb for cfg, _ in stages): require_wandb()
   for i, (cfg, resume) in enumerate(stages):
     if i: print("\nchat fine-tuning the pretrained model on conversations built from Python's documentation")
@@ -151,7 +156,7 @@ def hellaswag_during_training(model: GPT, tokenizer: Tokenizer, every: int):
 def print_header(cfg: StageConfig, trainer: Trainer, data, device: str, resumed: bool):
   model, s = trainer.model, trainer.s
   where = f"devices {','.join(s.devices)}" if s.devices else f"device {device}"
-  print(f"{cfg.stage} | {where}{'' if s.compute_dtype == 'float32' else ', ' + s.compute_dtype + ' compute'} | model: "
+  print(f"{cfg.stage} | {where}{'' if s.dtype == 'float32' else ', ' + s.dtype + ' compute'} | model: "
         f"{num_params(model) / 1e6:.2f}M parameters ({sum(p.numel() for p in trainer.params) / 1e6:.2f}M trained), context "
         f"{model.cfg.block_size}, vocabulary {model.cfg.vocab_size} | data: {size(data)} | {s.steps} steps of {s.batch_size * s.grad_accum} x "
         f"{model.cfg.block_size} tokens, {s.optimizer} at lr {s.lr:g}" + (f" | resuming at step {trainer.step}" if resumed else ""))
@@ -186,66 +191,26 @@ def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3)
 
 
 def parse_args(argv=None, prog: str = "aurora train"):
+  """The run flags, then one flag per config field that has one (config.option), with its help, type and choices."""
   p = argparse.ArgumentParser(prog=prog, description="Train an Aurora GPT model. Without --stage (and --data): pretrain, then "
-                                          "chat fine-tune on conversations built from Python's documentation.")
+                                                     "chat fine-tune on conversations built from Python's documentation.")
   p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora, distill")
-  p.add_argument("--init", help="the model fine-tuning starts from: an Aurora run folder or checkpoint, a Hugging Face GPT-2 folder "
-                 "(config.json + model.safetensors or pytorch_model.bin), or a hub model id (gpt2, gpt2-medium, ...); "
-                 "without --stage, chat fine-tunes it")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
-  p.add_argument("--dtype", help="compute dtype: float32, or bfloat16/float16 for mixed precision (float32 weights "
-                 "and optimizer state); default float32, bfloat16 for the gpt2 presets where the backend has it")
-  p.add_argument("--devices", help="data parallel: a device list (CUDA:0,CUDA:1) or a count of --device's devices (8); "
-                 "each takes an equal share of every batch")
-  p.add_argument("--data", help="pretrain/distill: a text file, a folder, .jsonl(.gz/.zst) or .parquet with a text field, "
-                                "hf:REPO[:FILES] (a Hugging Face dataset), fineweb-edu, tinystories, or a folder "
-                                "python -m aurora_tg.prepare wrote (default: Python's bundled documentation); tokenized once "
-                                "into cached shards; sft/lora: chat data, JSON lines or parquet in OpenAI messages, ShareGPT "
-                                "or Alpaca format, a local file, hf:REPO[:FILES] or smoltalk (default: conversations built "
-                                "from that documentation)")
-  p.add_argument("--text-field", help="pretrain/distill: the JSON or parquet field holding the text (default text)")
-  p.add_argument("--max-tokens", type=int, help="pretrain/distill: take only the first N tokens of --data")
-  p.add_argument("--data-order", choices=("random", "sequential"), help="pretrain/distill: random windows (default), or a "
-                 "sequential pass over the data in a seeded shard order, continued exactly by --resume")
+  p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint, with its own settings")
   p.add_argument("--workers", type=int, help="processes that tokenize --data the first time (default: one per core)")
-  p.add_argument("--out", help="run folder for checkpoint, tokenizer and metrics (default: runs/<size>)")
-  p.add_argument("--size", help="model preset: tiny, small (default), medium, gpt2, gpt2-medium, gpt2-large, gpt2-xl")
-  p.add_argument("--steps", type=int, help="optimizer steps (default: the preset's)")
-  p.add_argument("--batch-size", type=int, help="sequences per micro-batch")
-  p.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
-  p.add_argument("--optimizer", help="aurora, aurora-riemannian, muon (hidden matrices; AdamW trains the rest), adamw "
-                                     "(default), adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
-  p.add_argument("--lr", type=float, help="peak learning rate (default: the optimizer's and preset's)")
-  p.add_argument("--weight-decay", type=float, help="decoupled weight decay (default: AdamW 0.1; a matrix optimizer's "
-                 "matrices 0.025, the reference's); given, it applies to every decayed weight")
-  p.add_argument("--eval-every", type=int, help="steps between validation evaluations and checkpoints")
-  p.add_argument("--tokenizer", choices=("bpe", "gpt2"), help="own BPE trained on the data, or GPT-2's (default: by preset)")
-  p.add_argument("--bpe-sample-mb", type=float, help="the own BPE trains on this many MB from the start of the data (default 100)")
-  p.add_argument("--norm", choices=("layernorm", "rmsnorm"))
-  p.add_argument("--pos", choices=("learned", "rope"))
-  p.add_argument("--mlp", choices=("gelu", "swiglu", "relu2"), help="MLP activation: gelu (GPT-2, default), swiglu "
-                 "(LLaMA's gated SiLU, 2/3 the hidden width), relu2 (squared ReLU, relu(x)^2, as modded-nanogpt and nanochat)")
-  p.add_argument("--freeze", type=int, help="sft: freeze the embeddings and the lowest N blocks (default 0)")
-  p.add_argument("--lora-rank", type=int, help="lora: adapter rank (default 8)")
-  p.add_argument("--lora-alpha", type=float, help="lora: adapter scale numerator, scale = alpha / rank (default 16)")
-  p.add_argument("--lora-dropout", type=float, help="lora: dropout on the adapters' input (default 0)")
-  p.add_argument("--lora-targets", help="lora: projections that get adapters (default c_attn,c_proj,c_fc,c_gate)")
-  p.add_argument("--teacher", help="distill: the teacher checkpoint (the student is --init, or a new --size model)")
-  p.add_argument("--distill-alpha", type=float, help="distill: weight of the teacher's soft targets against the data's (default 0.5)")
-  p.add_argument("--distill-temperature", type=float, help="distill: softmax temperature of both models (default 2)")
-  p.add_argument("--wandb", metavar="PROJECT", help="also log the metrics to this Weights & Biases project (pip install wandb)")
-  p.add_argument("--keep", type=int, help="also keep the last N checkpoints as checkpoint-<step>.safetensors (default 0)")
-  p.add_argument("--eval-hellaswag-every", type=int, help="also measure HellaSwag accuracy (its first 1,000 validation items) at "
-                 "the evaluations whose step is a multiple of N; the data is downloaded once (python -m aurora_tg.eval)")
-  p.add_argument("--keep-best", action="store_true", help="keep the checkpoint of the lowest validation loss as best.safetensors")
-  p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own settings")
-  p.add_argument("--seed", type=int, help="random seed of initialisation and batch sampling (default 1337)")
+  for name, f in config.flags().items():
+    stages = [s for s in config.STAGES if name in config.STAGE_FLAGS[s]]
+    where = "" if len(stages) == len(config.STAGES) else "/".join(stages) + ": "
+    kind, meta = config.field_type(f), f.metadata
+    options = dict(action=argparse.BooleanOptionalAction if name == "diagnostics" else "store_true") if kind is bool else \
+              dict(type=kind, choices=meta["choices"], metavar=meta["metavar"])
+    p.add_argument(config.dash(name), dest=name, default=None, help=where + meta["help"], **options)
   return p.parse_args(argv)
 
 
 def main(argv=None, prog: str = "aurora train") -> int:
   args = parse_args(argv, prog)
   # the flags the user gave, and only those: every default comes from aurora_tg/config.py's table
-  flags = {name: value for name, value in vars(args).items() if value is not None and value is not False}
+  flags = {name: value for name, value in vars(args).items() if value is not None}
   # Ctrl-C before training starts (tokenizing, compiling); once it has started, the trainer saves and returns
   return run(lambda: train(flags), interrupted="interrupted before training started; nothing was saved")

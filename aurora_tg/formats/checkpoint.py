@@ -17,7 +17,8 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 BEST_NAME = "best.safetensors"  # --keep-best: the checkpoint of the lowest validation loss
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")  # owner/name, or a name alone (gpt2)
-FORMAT_VERSION = 2  # 1: the untyped dict of Aurora 0.1 (no "version" key), read by _from_version_1
+FORMAT_VERSION = 3  # 1: the untyped dict of Aurora 0.1 (no "version" key), read by _from_version_1; 2: some run fields
+                    # named otherwise (LoRA's under "lora", compute_dtype), read by config.from_dict
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ def _from_version_1(d: dict, run_dir: str | Path) -> RunRecord:
       run = config.PretrainConfig(**common, **shape, tokenizer=args.get("tokenizer") or ("bpe" if "vocab_size" in config.PRESETS[shape["size"]] else "gpt2"))
     elif d["stage"] == "sft": run = config.SFTConfig(**common, init=folder(d["init"]), freeze=args.get("freeze") or 0)
     elif d["stage"] == "lora":
-      run = config.LoRAStageConfig(**common, init=folder(d["base"]), lora=lora.LoRAConfig.from_dict(d["lora"]))
+      run = config.LoRAStageConfig(**common, init=folder(d["base"]), **{f"lora_{k}": tuple(v) if k == "targets" else v for k, v in d["lora"].items()})
     elif d["stage"] == "distill": run = config.DistillConfig(**common, **shape, teacher=folder(d["teacher"]), init=args.get("init"))
   return RunRecord(d["stage"], model, d["tokenizer"], run, d.get("step", 0), d.get("rng"))
 

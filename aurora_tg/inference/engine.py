@@ -4,7 +4,7 @@ leaves when it ends or its client goes away, freeing the slot for the next.
 
 The batch always has every slot, active or not, so each step has one shape and one compiled kernel set: a step
 costs the same for one request as for all of them, which is the point on a device that is faster at a batch than
-at a row. Rows differ in position, so they use the model's per-row path (model.Rows)."""
+at a row. Rows differ in position, so they use the per-row cache layout (kv_cache.RowCache)."""
 import collections, threading
 from dataclasses import dataclass, field, replace
 from typing import Callable
@@ -12,7 +12,8 @@ import numpy as np
 from tinygrad import Tensor, TinyJit, dtypes
 from aurora_tg.backends.host_copy import read, write
 from aurora_tg.backends.kernel_search import searching
-from aurora_tg.model import GPT, Rows
+from aurora_tg.model import GPT
+from aurora_tg.inference.kv_cache import RowCache, kv_buffers
 from aurora_tg.inference.sampling import MODES, Sampling, key_rows, sample
 
 
@@ -37,7 +38,7 @@ class BatchDecoder:
   def __init__(self, model: GPT, slots: int, chunk: int = 32, beam: int = 0):
     self.model, self.slots, self.block, self.beam = model, slots, model.cfg.block_size, beam
     self.chunk = max(1, min(chunk, self.block))
-    self.caches = model.new_kv_caches(slots)
+    self.kv = kv_buffers(model.cfg, slots)
     self.params = Tensor.zeros(slots, 4).contiguous().realize()
     self.seen = Tensor.zeros(slots, model.head_rows, dtype=dtypes.bool).contiguous().realize()  # as wide as the logits
     self.vocab = Tensor.arange(model.head_rows).unsqueeze(0).realize()
@@ -49,8 +50,7 @@ class BatchDecoder:
     self._reset = TinyJit(self._reset_rows)
 
   def _step(self, tokens: Tensor, starts: Tensor, lengths: Tensor, sampled: Tensor, keys: Tensor, mode: str) -> Tensor:
-    at = (lengths - 1).maximum(0) if tokens.shape[1] > 1 else None
-    logits = self.model(tokens, self.caches, Rows(starts, lengths), at)[:, -1]
+    logits = self.model(tokens, RowCache(self.kv, starts, lengths))[:, -1]
     chosen = sample(logits, self.params, self.seen, keys, mode)
     self.seen.assign(self.seen | ((self.vocab == chosen.unsqueeze(1)) & sampled.unsqueeze(1)))  # the penalty counts what was generated
     Tensor.realize(chosen, self.seen)

@@ -7,6 +7,7 @@ from tinygrad import Tensor, TinyJit, Variable, dtypes
 from aurora_tg.backends.host_copy import read
 from aurora_tg.backends.kernel_search import searching
 from aurora_tg.model import GPT
+from aurora_tg.inference.kv_cache import SequenceCache, kv_buffers
 from aurora_tg.inference.sampling import MODES, Sampling, key_rows, sample
 
 
@@ -21,7 +22,7 @@ class Generator:
   def __init__(self, model: GPT, prefill_chunk: int = 32, beam: int = 0):
     self.model, self.block_size, vocab = model, model.cfg.block_size, model.cfg.vocab_size
     self.beam = beam
-    self.caches = model.new_kv_caches(1)
+    self.kv = kv_buffers(model.cfg, 1)
     self.chunk = max(1, min(prefill_chunk, self.block_size // 2))
     self.chunk_start = Variable("chunk_start", 0, self.block_size - self.chunk)
     self.chunk_last = Variable("chunk_last", 0, self.chunk - 1)
@@ -45,8 +46,8 @@ class Generator:
     self.logits: Tensor | None = None
     self.start(Sampling(temperature=0))
 
-  def _forward(self, tokens: Tensor, start_pos, at=None) -> Tensor:
-    return self.model(tokens, self.caches, start_pos, at)[:, -1].realize()
+  def _forward(self, tokens: Tensor, start_pos, last=None) -> Tensor:
+    return self.model(tokens, SequenceCache(self.kv, start_pos, last))[:, -1].realize()
 
   def _choose(self, logits: Tensor, lo, hi, mode: str) -> Tensor:
     keys = Tensor.stack(Tensor(lo), Tensor(hi)).reshape(1, 2)  # the key's two uint32 halves, as sample() takes them

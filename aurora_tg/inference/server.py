@@ -1,7 +1,7 @@
 """`python chat.py --serve`: an OpenAI-compatible HTTP API (models, chat completions, text completions; streamed as
 server-sent events or not) and a web chat page, over the batched engine (aurora_tg/inference/engine.py). FastAPI and
 uvicorn (the `serve` extra) do HTTP; this module maps the OpenAI protocol onto Aurora's tokens and sampling."""
-import asyncio, codecs, hmac, itertools, json, math, threading, time, uuid
+import asyncio, codecs, hmac, itertools, json, math, sys, threading, time, uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from aurora_tg import UserError
@@ -13,6 +13,7 @@ from aurora_tg.data.tokenizer import Tokenizer
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_BODY = 1 << 20    # bytes of a request body
 MAX_STOPS = 4         # stop strings per request, as OpenAI allows
+MAX_DEPTH = 32        # nesting of a request body; OpenAI's deepest field, messages[i].content[j].text, is 4 down
 # fields the protocol defines that Aurora accepts only at the value that means "off"; anything else is a 400
 NEUTRAL = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0, "logprobs": None, "echo": False, "best_of": 1,
            "suffix": None, "logit_bias": None, "top_logprobs": None, "tools": None, "tool_choice": None,
@@ -39,14 +40,50 @@ class Job:
   usage_in_stream: bool
 
 
+def shown(value) -> str:
+  """A client's value quoted in an error message, cut short: the body it came in may be a megabyte."""
+  text = repr(value)
+  return text if len(text) <= 80 else text[:77] + "..."
+
+
+def too_deep(value, limit: int) -> bool:
+  """Whether lists and objects nest over `limit` deep, walked a level at a time: recursion is what deep JSON breaks."""
+  level = [value]
+  for _ in range(limit):
+    level = [v for c in level if isinstance(c, (list, dict)) for v in (c.values() if isinstance(c, dict) else c)]
+  return any(isinstance(c, (list, dict)) for c in level)
+
+
+def load(raw: bytes) -> dict:
+  """The request body: a JSON object, nested no deeper than MAX_DEPTH. Python's json decodes by recursion, so a body
+  nested about a thousand deep raises RecursionError (not ValueError); one limit below that, whatever the stack's
+  depth, gives every deep body the same 400 and keeps what follows (repr() in error messages) off the edge."""
+  deep = ApiError(400, f"the request body nests lists and objects over {MAX_DEPTH} deep")
+  try: body = json.loads(raw)
+  except RecursionError: raise deep from None
+  except ValueError as e: raise ApiError(400, f"the request body is not valid JSON: {e}") from None  # bad UTF-8 and 10**5000 too
+  if too_deep(body, MAX_DEPTH): raise deep
+  if not isinstance(body, dict): raise ApiError(400, "the request body must be a JSON object")
+  return body
+
+
 def number(body: dict, name: str, default, kind=float, low=None, high=None, low_open=False):
   value = body.get(name)
   if value is None: return default
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (kind is int and value != int(value)):
-    raise ApiError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, got {value!r}", name)
+  # JSON's numbers are unbounded: 1e400 parses as inf, and 10**400 as an int that no float holds (float() would raise)
+  finite = (isinstance(value, float) and math.isfinite(value)) or (type(value) is int and abs(value) <= sys.float_info.max)
+  if not finite or (kind is int and value != int(value)):
+    raise ApiError(400, f"{name} must be {'an integer' if kind is int else 'a number'}, got {shown(value)}", name)
   if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
     raise ApiError(400, f"{name} must be {'above' if low_open else 'at least'} {low}{f' and at most {high}' if high is not None else ''}, got {value}", name)
   return kind(value)
+
+
+def flag(body: dict, name: str, param: str) -> bool:
+  """A true/false field: truthiness would read "false" (a string) as true."""
+  value = body.get(name)
+  if value is not None and not isinstance(value, bool): raise ApiError(400, f"{name} must be true or false, got {shown(value)}", param)
+  return bool(value)
 
 
 def text_of(content, where: str) -> str:
@@ -64,14 +101,12 @@ class Protocol:
     self.stop_ids = stop_tokens(tokenizer)
 
   def parse(self, raw: bytes, kind: str) -> Job:
-    try: body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e: raise ApiError(400, f"the request body is not valid JSON: {e}") from None
-    if not isinstance(body, dict): raise ApiError(400, "the request body must be a JSON object")
+    body = load(raw)
     for name, value in body.items():
       off = value is None or value == NEUTRAL.get(name) or (NEUTRAL.get(name) is None and not value)  # logprobs: false is off too
-      if name in NEUTRAL and not off: raise ApiError(400, f"{name}={value!r} is not supported by this server", name, "unsupported_parameter")
-      if name not in NEUTRAL and name not in FIELDS[kind]: raise ApiError(400, f"unknown or unsupported parameter {name!r}", name, "unsupported_parameter")
-    if body.get("model") != self.name: raise ApiError(404, f"the model {body.get('model')!r} does not exist; this server has {self.name!r}", "model", "model_not_found")
+      if name in NEUTRAL and not off: raise ApiError(400, f"{name}={shown(value)} is not supported by this server", name, "unsupported_parameter")
+      if name not in NEUTRAL and name not in FIELDS[kind]: raise ApiError(400, f"unknown or unsupported parameter {shown(name)}", name, "unsupported_parameter")
+    if body.get("model") != self.name: raise ApiError(404, f"the model {shown(body.get('model'))} does not exist; this server has {self.name!r}", "model", "model_not_found")
     d = self.defaults
     limit = d.max_tokens
     max_tokens = number(body, "max_completion_tokens", None, int, 1, limit)
@@ -88,7 +123,7 @@ class Protocol:
     options = body.get("stream_options") or {}
     if not isinstance(options, dict): raise ApiError(400, "stream_options must be an object", "stream_options")
     ids = self.chat_prompt(body, max_tokens) if kind == "chat" else self.text_prompt(body)
-    return Job(ids, sampling, tuple(stops), bool(body.get("stream")), bool(options.get("include_usage")))
+    return Job(ids, sampling, tuple(stops), flag(body, "stream", "stream"), flag(options, "include_usage", "stream_options"))
 
   def chat_prompt(self, body: dict, max_tokens: int) -> list[int]:
     messages = body.get("messages")
@@ -96,7 +131,7 @@ class Protocol:
     turns = []
     for i, m in enumerate(messages):
       role = m.get("role") if isinstance(m, dict) else None
-      if role not in ("system", "user", "assistant"): raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {role!r}", "messages")
+      if role not in ("system", "user", "assistant"): raise ApiError(400, f"messages[{i}].role must be system, user or assistant, got {shown(role)}", "messages")
       turns.append({"role": role, "content": text_of(m.get("content"), f"messages[{i}].content")})
     # the terminal chat's rule: the answer keeps at least half the context (or max_tokens); the oldest turns make way
     try: return fit_context(self.tokenizer, turns, self.block - min(max_tokens, self.block // 2))
@@ -135,10 +170,17 @@ class StopText:
 def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
   from fastapi import FastAPI, Request as HttpRequest
   from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+  from starlette.exceptions import HTTPException
+  from starlette.requests import ClientDisconnect
   app = FastAPI(title="Aurora", docs_url=None, redoc_url=None, openapi_url=None)
   page_html = PAGE.read_text()
 
-  def error(e: ApiError): return JSONResponse(e.body, status_code=e.status)
+  def error(e: ApiError, headers=None): return JSONResponse(e.body, status_code=e.status, headers=headers)
+
+  @app.exception_handler(HTTPException)
+  async def routing_error(request: HttpRequest, e: HTTPException):
+    """FastAPI's own 404 and 405 (a path or method no route has), in OpenAI's error body rather than {"detail": ...}."""
+    return error(ApiError(e.status_code, f"{e.detail}: {request.method} {request.url.path}"), e.headers)
 
   @app.middleware("http")
   async def guard(request: HttpRequest, call_next):
@@ -191,7 +233,7 @@ def create_app(engine: Engine, protocol: Protocol, api_key: str | None):
       first = await anext(stream)  # submits now, so a busy server answers 429 before any stream begins
     except ApiError as e: return error(e)
     except Busy as e: return error(ApiError(429, str(e), code="server_busy", kind="rate_limit_error"))
-    except StopAsyncIteration: return error(ApiError(499, "the client closed the request"))  # nobody reads it
+    except (StopAsyncIteration, ClientDisconnect): return error(ApiError(499, "the client closed the request"))  # nobody reads it
     ident, created = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}", int(time.time())
     text, produced = StopText(protocol.tokenizer, job.stops), 0
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import train as train_script
 from aurora_tg.formats import checkpoint
-from aurora_tg.optim import OPTIMIZERS
+from aurora_tg.cli.train import machine
+CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
 from conftest import ROOT, run_main
 
 TINY_RUN = ["--size", "tiny", "--steps", "4", "--eval-every", "2", "--batch-size", "4"]
@@ -249,7 +250,7 @@ def test_mlp_relu2_from_the_command_line_and_an_unknown_mlp_refused(tmp_path):
   width; tests/test_model.py and tests/kernels check its arithmetic); any other value is argparse's usage error."""
   from aurora_tg import config
   flags = {k: v for k, v in vars(train_script.parse_args(["--size", "tiny", "--mlp", "relu2"])).items() if v is not None and v is not False}
-  model = config.new_run("pretrain", flags, "CPU").model_config(512)
+  model = config.new_run("pretrain", flags, CPU).model_config(512)
   assert (model.mlp, model.mlp_hidden) == ("relu2", 4 * model.n_embd)
   proc = train("--size", "tiny", "--mlp", "relu3", "--out", tmp_path / "o")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
@@ -286,23 +287,19 @@ def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint
   assert math.isfinite(evaluated[kept])  # good: its weights gave a finite validation loss
 
 
-@pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_trains_from_the_command_line(optimizer, finished_run, tmp_path):
-  """3 steps of the tiny preset at the optimizer's default learning rate lower the validation loss, and the checkpoint
-  holds the state of that optimizer (the tensors the optimizer built directly for the same model has)."""
+def test_the_optimizer_flag_reaches_the_trainer(finished_run, tmp_path):
+  """--optimizer picks what trains and what the checkpoint records (every optimizer's training and state are
+  checked through the trainer, tests/test_optim.py)."""
+  _, corpus, _ = finished_run
+  proc = train("--stage", "pretrain", "--size", "tiny", "--optimizer", "aurora", "--steps", "2", "--eval-every", "2", "--batch-size", "2",
+               "--data", corpus, "--workers", "1", "--out", tmp_path / "aurora", check_code=0)
+  assert "aurora at lr 0.05" in proc.stdout
+  _, optimizer_state, record = checkpoint.load(tmp_path / "aurora")
+  assert record.run.train.optimizer == "aurora" and record.run.train.diagnostics and "dead neurons" in proc.stdout
   from aurora_tg.model import GPT
   from aurora_tg.trainer import build_optimizer
-  _, corpus, _ = finished_run
-  proc = train("--stage", "pretrain", "--size", "tiny", "--optimizer", optimizer, "--steps", "3", "--eval-every", "3", "--batch-size", "2",
-               "--data", corpus, "--workers", "1", "--out", tmp_path / optimizer, check_code=0)
-  assert f"{optimizer} at lr" in proc.stdout
-  val = [m["val_loss"] for m in map(json.loads, (tmp_path / optimizer / "metrics.jsonl").read_text().splitlines()) if "val_loss" in m]
-  assert len(val) == 2 and val[1] < val[0] - 0.05, val
-  _, optimizer_state, record = checkpoint.load(tmp_path / optimizer)
-  assert record.run.train.optimizer == optimizer
   built = build_optimizer(GPT(record.model), record.run.train)  # lazy: nothing is computed
-  expected = {k: v.shape for k, v in checkpoint.optimizer_state(built, built.params).items()}
-  assert {k: v.shape for k, v in optimizer_state.items()} == expected
+  assert {k: v.shape for k, v in optimizer_state.items()} == {k: v.shape for k, v in checkpoint.optimizer_state(built, built.params).items()}
 
 
 def no_backend_env(tmp_path) -> dict:
@@ -320,10 +317,11 @@ def test_without_a_working_backend_one_line_says_what_to_install(script, tmp_pat
 
 
 def test_no_compiler_output_reaches_the_console(tmp_path, text_file):
-  """`train.py --size tiny --steps 3` on each CPU backend, kernels compiled afresh (CACHELEVEL=0): PoCL's built-in
-  clang used to print '1 warning generated.' for dozens of them."""
+  """`train.py --size tiny --steps 3`, kernels compiled afresh (CACHELEVEL=0), on OpenCL through PoCL, whose built-in
+  clang used to print '1 warning generated.' for dozens of them (tinygrad's clang CPU backend never printed any: on a
+  machine without CL it is checked instead)."""
   from aurora_tg.backends.devices import works
-  backends = [d for d in ("CL", "CPU") if works(d)]
+  backends = ["CL"] if works("CL") else ["CPU"] if works("CPU") else []
   for device in backends:
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "--size", "tiny", "--steps", "3", "--data", str(text_file),
                            "--device", device, "--out", str(tmp_path / device)], capture_output=True, text=True,

@@ -6,7 +6,8 @@ import pytest
 from tinygrad import Tensor, dtypes
 from aurora_tg.inference.engine import Busy, Engine, Request
 from aurora_tg.inference.generate import Generator
-from aurora_tg.model import GPT, GPTConfig, Rows
+from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.inference.kv_cache import RowCache, kv_buffers
 from aurora_tg.inference.sampling import Sampling
 from aurora_tg.data.tokenizer import train_bpe
 from conftest import TEST_SHAPE, sample_text
@@ -25,14 +26,15 @@ def test_rows_at_their_own_positions_match_the_plain_forward(pos):
   # reaches b's positions): each row's logits at every position the chunks below stop at
   padded = b + [7] + [0] * (len(a) - len(b))
   full_a, full_b = model(Tensor([a + [5], padded])).numpy()
-  caches = model.new_kv_caches(3)
-  # a chunk of 5: row 0 takes a's first 4 tokens, row 1 nothing, row 2 all of b
-  out = model(Tensor([a[:4] + [0], [0] * 5, b]), caches, Rows(ints(0, 0, 0), ints(4, 0, 5)), at=ints(3, 0, 4)).numpy()
+  kv = kv_buffers(model.cfg, 3)
+  # a chunk of 5: row 0 takes a's first 4 tokens, row 1 nothing, row 2 all of b; each row's logits are its last
+  # real token's
+  out = model(Tensor([a[:4] + [0], [0] * 5, b]), RowCache(kv, ints(0, 0, 0), ints(4, 0, 5))).numpy()
   np.testing.assert_allclose(out[0, 0], full_a[3], atol=1e-5)
   np.testing.assert_allclose(out[2, 0], full_b[4], atol=1e-5)
-  out = model(Tensor([a[4:], [0] * 5, [0] * 5]), caches, Rows(ints(4, 0, 5), ints(5, 0, 0)), at=ints(4, 0, 0)).numpy()
+  out = model(Tensor([a[4:], [0] * 5, [0] * 5]), RowCache(kv, ints(4, 0, 5), ints(5, 0, 0))).numpy()
   np.testing.assert_allclose(out[0, 0], full_a[8], atol=1e-5)
-  out = model(Tensor([[5], [0], [7]]), caches, Rows(ints(9, 0, 5), ints(1, 0, 1))).numpy()  # row 2 untouched meanwhile
+  out = model(Tensor([[5], [0], [7]]), RowCache(kv, ints(9, 0, 5), ints(1, 0, 1))).numpy()  # row 2 untouched meanwhile
   np.testing.assert_allclose(out[0, 0], full_a[9], atol=1e-5)
   np.testing.assert_allclose(out[2, 0], full_b[5], atol=1e-5)
 

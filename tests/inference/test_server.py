@@ -16,6 +16,7 @@ httpx = pytest.importorskip("httpx")
 KEY, MAX_TOKENS, BLOCK = "test-key-123", 40, 128
 QUESTIONS = ["the cat sat", "a bird sang on a mat", "dogs ran past the café", "naïve cat", "the mat", "while dogs ran",
              "🙂 and a bird", "sat on a mat while"]
+SERVER_LOG: list[str] = []  # what the server process printed (its uvicorn log included), line by line
 
 
 def free_port() -> int:
@@ -34,12 +35,12 @@ def server(tmp_path_factory):
   proc = subprocess.Popen([sys.executable, "chat.py", "--serve", "--checkpoint", str(run), "--port", str(port), "--api-key", KEY,
                            "--temperature", "0", "--repetition-penalty", "1", "--max-tokens", str(MAX_TOKENS)],
                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  lines = []
+  lines = SERVER_LOG
   for line in proc.stdout:  # compiling the batched step comes first
     lines.append(line)
     if line.startswith("serving"): break
   assert proc.poll() is None, "".join(lines)
-  threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep draining its output
+  threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # keep draining (and keeping) its output
   base = f"http://127.0.0.1:{port}"
   yield base, openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0), model, tokenizer
   proc.terminate()
@@ -200,3 +201,125 @@ def test_the_web_page_streams_an_answer_in_a_real_browser(server):
     texts = lambda selector: driver.execute_script(f"return [...document.querySelectorAll('{selector}')].map(e => e.textContent)")
     assert texts(".user") == [QUESTIONS[3]] and texts(".assistant") == [tokenizer.decode(answer)]
   finally: driver.quit()
+
+
+# the malformed requests no client library would send, as raw bytes over HTTP: each must get OpenAI's error body with
+# a 4xx (never a 500), leave no traceback in the server's log, and leave the server answering good requests
+AUTH = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+DEEP = 100_000  # far past Python's recursion limit: the json module's recursive decoder raised RecursionError (a 500)
+
+
+def post(base, path: str, body: bytes | str, **headers):
+  return httpx.post(base + path, content=body.encode() if isinstance(body, str) else body, headers={**AUTH, **headers}, timeout=60)
+
+
+def assert_api_error(r, status: int = 400, param: str | None = "any"):
+  """OpenAI's error body, exactly its four fields, with the given status (and param, where one is given)."""
+  assert r.status_code == status, (r.status_code, r.text[:300])
+  error = r.json()["error"]
+  assert set(r.json()) == {"error"} and set(error) == {"message", "type", "param", "code"}, r.text[:300]
+  assert error["type"] == "invalid_request_error" and isinstance(error["message"], str) and len(error["message"]) < 300
+  if param != "any": assert error["param"] == param, error
+
+
+def still_serving(server, log_from: int):
+  """A good request still gets its answer, and nothing since log_from logged a traceback."""
+  _, client, model, tokenizer = server
+  _, answer = reference(model, tokenizer, QUESTIONS[4], 8)
+  assert ask(client, QUESTIONS[4], max_tokens=8).choices[0].message.content == tokenizer.decode(answer)
+  time.sleep(0.2)  # uvicorn logs an exception after its 500 went out
+  log = "".join(SERVER_LOG[log_from:])
+  assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_deeply_nested_bodies_get_a_400_not_a_500(server, path):
+  base, log_from = server[0], len(SERVER_LOG)
+  nested = lambda n, inner="": "[" * n + inner + "]" * n
+  bodies = [nested(DEEP), '{"a": ' * DEEP + "1" + "}" * DEEP,
+            json.dumps({"model": "served", "messages": []})[:-2] + nested(DEEP) + "}",
+            '{"model": "served", "prompt": ' + nested(DEEP, '"the cat"') + "}",
+            '{"model": "served", "messages": [{"role": "user", "content": ' + nested(DEEP) + "}]}",
+            '{"model": "served", "prompt": "a", "temperature": ' + nested(500) + "}",  # under the recursion limit: the same rule
+            '{"model": "served", "n": ' + nested(500) + "}"]  # its value was quoted whole in the message
+  for body in bodies:
+    assert_api_error(post(base, path, body), 400, None)
+  still_serving(server, log_from)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_bodies_that_are_not_a_json_object_get_a_400(server, path):
+  base, log_from = server[0], len(SERVER_LOG)
+  for body in ["[]", '[{"model": "served", "prompt": "a"}]', '"served"', "42", "-1.5", "null", "true", "", " ", "{", '{"model": "served",}',
+               b'{"model": "served", "prompt": "\xff\xfe caf\xe9"}', b"\xff\xfe\xfd", b"\x00" * 8]:
+    assert_api_error(post(base, path, body), 400, None)
+  still_serving(server, log_from)
+
+
+def test_numbers_out_of_a_floats_range_get_a_400_naming_their_field(server):
+  """JSON's numbers have no bound: 1e400 parses as inf, NaN and Infinity as Python reads them, and an integer of
+  hundreds of digits as an int that float() cannot convert (an OverflowError: a 500). Past 4300 digits Python's int
+  parsing itself refuses (a ValueError), which is not valid JSON to this server either."""
+  base, log_from = server[0], len(SERVER_LOG)
+  huge = "9" * 400
+  for field, value in [("temperature", "1e400"), ("temperature", "-1e400"), ("temperature", huge), ("temperature", "-" + huge),
+                       ("top_p", "Infinity"), ("top_p", "NaN"), ("repetition_penalty", huge), ("repetition_penalty", "-Infinity"),
+                       ("seed", huge), ("seed", "1e400"), ("top_k", huge), ("max_tokens", huge), ("max_tokens", "1e400")]:
+    for path, ask_for in [("/v1/completions", '"prompt": "a"'), ("/v1/chat/completions", '"messages": [{"role": "user", "content": "a"}]')]:
+      assert_api_error(post(base, path, f'{{"model": "served", {ask_for}, "{field}": {value}}}'), 400, field)
+  assert_api_error(post(base, "/v1/completions", '{"model": "served", "prompt": "a", "seed": ' + "1" * 5000 + "}"), 400, None)
+  assert_api_error(post(base, "/v1/completions", '{"model": "served", "prompt": "a", "n": 1e400}'), 400, "n")
+  still_serving(server, log_from)
+
+
+def test_fields_of_the_wrong_type_get_a_400(server):
+  base, client, model, tokenizer = server
+  log_from = len(SERVER_LOG)
+  chat = lambda **fields: json.dumps({"model": "served", "messages": [{"role": "user", "content": "the cat"}], **fields})
+  with_message = lambda message: json.dumps({"model": "served", "messages": [message]})
+  for body, param in [(with_message({"role": "user", "content": 5}), "messages"), (with_message({"role": "user", "content": None}), "messages"),
+                      (with_message({"role": "user", "content": {"text": "a"}}), "messages"),
+                      (with_message({"role": "user", "content": [{"type": "text", "text": 5}]}), "messages"),
+                      (with_message({"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}), "messages"),
+                      (with_message({"role": "user", "content": ["the cat"]}), "messages"),
+                      (with_message({"role": ["user"], "content": "a"}), "messages"), (with_message({"role": {"a": 1}, "content": "a"}), "messages"),
+                      (with_message("the cat"), "messages"), (with_message(None), "messages"), (with_message([["user", "a"]]), "messages"),
+                      (json.dumps({"model": "served", "messages": {"role": "user", "content": "a"}}), "messages"),
+                      (json.dumps({"model": "served", "messages": "the cat"}), "messages"),
+                      (chat(stop={"a": 1}), "stop"), (chat(stop=[["a"]]), "stop"), (chat(stop=[5]), "stop"),
+                      (chat(stream="yes"), "stream"), (chat(stream="false"), "stream"), (chat(stream=[]), "stream"),  # "false" was read as true
+                      (chat(stream_options=[1]), "stream_options"), (chat(stream=True, stream_options={"include_usage": "no"}), "stream_options"),
+                      (chat(temperature="0.5"), "temperature"), (chat(max_tokens=True), "max_tokens"), (chat(seed=[1]), "seed"),
+                      (chat(n={"a": 1}), "n"), (chat(n=[[1]] * 100_000), "n"), (chat(**{"x" * 100_000: 1}), "x" * 100_000)]:
+    assert_api_error(post(base, "/v1/chat/completions", body), 400, param)
+  for prompt in [{"a": 1}, [1, 2, 3], [["the cat"]], 5, None, ""]:
+    assert_api_error(post(base, "/v1/completions", json.dumps({"model": "served", "prompt": prompt})), 400, "prompt")
+  for name in [["served"], {"id": "served"}, 5, None]:  # a model that is no string is a model this server does not have
+    assert_api_error(post(base, "/v1/completions", json.dumps({"model": name, "prompt": "a"})), 404, "model")
+  # what is valid stays valid: content as a list of text parts reads as its text
+  _, answer = reference(model, tokenizer, "the cat", 8)
+  parts = client.chat.completions.create(model="served", max_tokens=8, temperature=0, stream=False,
+                                         messages=[{"role": "user", "content": [{"type": "text", "text": "the "}, {"type": "text", "text": "cat"}]}])
+  assert parts.choices[0].message.content == tokenizer.decode(answer)
+  still_serving(server, log_from)
+
+
+def test_paths_and_methods_no_route_has_get_an_openai_error(server):
+  base, log_from = server[0], len(SERVER_LOG)
+  for method, path, status in [("GET", "/v1/nope", 404), ("POST", "/v1/nope", 404), ("POST", "/v1/models", 405),
+                               ("GET", "/v1/chat/completions", 405), ("DELETE", "/v1/completions", 405), ("POST", "/", 405)]:
+    assert_api_error(httpx.request(method, base + path, headers=AUTH, content=b"{}" if method == "POST" else None), status, None)
+  still_serving(server, log_from)
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_traceback(server):
+  """The body promised 1000 bytes and the client left after 20: reading it raised starlette's ClientDisconnect."""
+  base, log_from = server[0], len(SERVER_LOG)
+  host, port = base.removeprefix("http://").split(":")
+  for path in ["/v1/chat/completions", "/v1/completions"]:
+    with socket.create_connection((host, int(port))) as s:
+      s.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: 1000\r\n\r\n{{\"model\": \"served\", ".encode())
+      time.sleep(0.3)  # the server is reading the body when the client goes
+  time.sleep(0.5)
+  still_serving(server, log_from)

@@ -13,6 +13,7 @@ from tinygrad.codegen import to_program_cache
 from tinygrad.engine.realize import runtime_cache
 from aurora_tg.data.shards import TokenData
 from aurora_tg.inference.generate import Generator
+from aurora_tg.inference.kv_cache import SequenceCache
 from aurora_tg.inference.sampling import Sampling
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.inference.quantize import quantize
@@ -21,8 +22,8 @@ from kernel_check import on
 
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97)
 # kernels for: the loss (forward only), one micro-batch (forward, backward, gradient accumulation), one optimizer
-# update (clipping, AdamW, the neuron-death statistics), SHAPE, batch 4, AdamW
-PINNED = {"CPU": (40, 135, 267), "CL": (40, 135, 265)}
+# update (clipping, AdamW), and that update with the neuron-death statistics (--diagnostics); SHAPE, batch 4, AdamW
+PINNED = {"CPU": (40, 135, 261, 267), "CL": (40, 135, 259, 265)}
 
 
 def kernels_of(fn, *args) -> int:
@@ -33,18 +34,21 @@ def kernels_of(fn, *args) -> int:
 
 def test_kernel_counts_of_forward_and_train_step(backend):
   if backend not in PINNED: pytest.skip(f"no kernel counts pinned for {backend} yet (see this file's docstring)")
-  with on(backend):
-    Tensor.manual_seed(0)
-    model = GPT(GPTConfig(**SHAPE))
-    tokens = (np.arange(2000) % SHAPE["vocab_size"]).astype(np.uint16)
-    settings = TrainSettings(batch_size=4)
-    trainer = Trainer(model, TokenData(tokens, SHAPE["block_size"]), settings, build_optimizer(model, settings))
-    x, y = (Tensor(a).realize() for a in trainer.data.batch(np.random.default_rng(0), settings.batch_size))
-    lr_mult = Tensor([1.0]).realize()
-    # unjitted calls: the jit would replay captured kernels without scheduling anything
-    measured = (kernels_of(model.loss, x, y), kernels_of(trainer._micro, x, y), kernels_of(trainer._update, lr_mult))
-  assert measured == PINNED[backend], f"{backend} kernel counts (forward, micro-batch, update) are {measured}, pinned " \
-    f"{PINNED[backend]}: fusion changed; if that is intended, update PINNED (see this file's docstring)"
+  measured = []
+  for diagnostics in (False, True):
+    with on(backend):
+      Tensor.manual_seed(0)
+      model = GPT(GPTConfig(**SHAPE))
+      tokens = (np.arange(2000) % SHAPE["vocab_size"]).astype(np.uint16)
+      settings = TrainSettings(batch_size=4, diagnostics=diagnostics)
+      trainer = Trainer(model, TokenData(tokens, SHAPE["block_size"]), settings, build_optimizer(model, settings))
+      x, y = (Tensor(a).realize() for a in trainer.data.batch(np.random.default_rng(0), settings.batch_size))
+      lr_mult = Tensor([1.0]).realize()
+      # unjitted calls: the jit would replay captured kernels without scheduling anything
+      if not diagnostics: measured += [kernels_of(model.loss, x, y), kernels_of(trainer._micro, x, y)]
+      measured.append(kernels_of(trainer._update, lr_mult))
+  assert tuple(measured) == PINNED[backend], f"{backend} kernel counts (forward, micro-batch, update, update with diagnostics) " \
+    f"are {tuple(measured)}, pinned {PINNED[backend]}: fusion changed; if that is intended, update PINNED (see this file's docstring)"
 
 
 def compiled() -> tuple[int, int]:
@@ -97,7 +101,7 @@ def test_kernel_counts_of_a_decode_step(backend):
     generator.start(Sampling(temperature=1.0, top_k=5, top_p=0.9), [1, 2, 3])
     logits = generator.prefill([1, 2, 3])
     token, key = Tensor([[4]]).realize(), generator._next_key()
-    measured = (kernels_of(lambda: model(token, generator.caches, 3)[:, -1]),
+    measured = (kernels_of(lambda: model(token, SequenceCache(generator.kv, 3))[:, -1]),
                 kernels_of(generator._choose, logits, *key, "greedy"), kernels_of(generator._choose, logits, *key, "filter"))
     # the decode step runs both in one call, its token and key entering as bound variables: no kernel of its own
     fused = kernels_of(lambda: generator._decode(generator.token.bind(4), generator.position.bind(3), *key, "greedy")[0])
@@ -118,5 +122,5 @@ def test_quantized_weights_add_no_kernels_to_a_decode_step(backend, kind):
     for generator in (plain, quantized):
       generator.start(Sampling(temperature=0), [1, 2, 3])
       generator.prefill([1, 2, 3])
-      counts.append(kernels_of(lambda: generator.model(Tensor([[4]]), generator.caches, 3)[:, -1]))
+      counts.append(kernels_of(lambda: generator.model(Tensor([[4]]), SequenceCache(generator.kv, 3))[:, -1]))
   assert counts[1] == counts[0], f"{backend}: {kind} weights take {counts[1]} kernels per decoded token, float32 {counts[0]}"

@@ -149,17 +149,27 @@ def test_never_active_counts_neurons_whose_gate_is_not_positive_on_any_probe_tok
 def test_the_trainer_measures_its_own_steps_and_logs_the_diagnostics(tmp_path):
   """A real update step feeds the watch (its leverage is numpy's from the weights before and after), and a run
   writes dead_fraction and leverage_spread at log lines, never_active at evaluations, and shows them."""
-  trainer = make_trainer(plain_sgd=True)
+  trainer = make_trainer(replace(SETTINGS, diagnostics=True), plain_sgd=True)
   weights = lambda: [w.numpy().astype(np.float64) for w in trainer.watch.weights]
   before = weights()
   trainer.train_step()
   trainer.watch.report()
   for lev, b, a in zip(trainer.watch.leverage, before, weights()): np.testing.assert_allclose(lev, np_leverage([[a - b]]), rtol=1e-3)
   lines, metrics = [], []
-  trainer = make_trainer(replace(SETTINGS, steps=3, log_every=3, eval_every=3))
+  trainer = make_trainer(replace(SETTINGS, steps=3, log_every=3, eval_every=3, diagnostics=True))
   trainer.run(tmp_path, run_record(trainer), metrics=metrics.append, log=lines.append)
   logged, evaluated = [m for m in metrics if "val_loss" not in m], [m for m in metrics if "val_loss" in m]
   assert [len(m["dead_fraction"]) for m in logged] == [len(m["leverage_spread"]) for m in logged] == [TEST_SHAPE["n_layer"]]
   assert [len(m["never_active"]) for m in evaluated] == [TEST_SHAPE["n_layer"]] * 2
   assert "dead neurons 0%/0%" in lines[1] and "never active" in lines[0] and "never active" in lines[2]
   json.dumps(metrics)  # plain floats: metrics.jsonl can hold them
+
+
+def test_without_diagnostics_a_run_keeps_no_copies_and_logs_none(tmp_path):
+  """Off (the default but for matrix optimizers' pretraining): no watch, so no weight copies and no figures."""
+  trainer = make_trainer(replace(SETTINGS, steps=3, log_every=3, eval_every=3))
+  assert trainer.watch is None
+  lines, metrics = [], []
+  trainer.run(tmp_path, run_record(trainer), metrics=metrics.append, log=lines.append)
+  assert not any(key in m for m in metrics for key in ("dead_fraction", "leverage_spread", "never_active"))
+  assert not any("dead neurons" in line or "never active" in line for line in lines)
