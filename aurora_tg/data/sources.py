@@ -145,6 +145,7 @@ def _jsonl(path: Path, text_field: str) -> Iterator[Piece]:
         try: record = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError: raise UserError(f"{path}:{lineno}: not UTF-8 text") from None
         except json.JSONDecodeError: raise UserError(f"{path}:{lineno}: not valid JSON") from None
+        except RecursionError: raise UserError(f"{path}:{lineno}: JSON nested too deeply to read") from None
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
           raise UserError(f"{path}:{lineno}: expected an object with a string {text_field!r} field (another field: --text-field NAME)")
         if record[text_field].strip(): yield record[text_field], True
@@ -170,7 +171,7 @@ def records(spec: str) -> Iterator[tuple[str, dict | None]]:
         for lineno, raw in enumerate(f, 1):
           if not raw.strip(): continue
           try: record = json.loads(raw.decode("utf-8"))
-          except (UnicodeDecodeError, json.JSONDecodeError): record = None
+          except (UnicodeDecodeError, json.JSONDecodeError, RecursionError): record = None  # reported by the caller
           yield f"{path}:{lineno}", record if isinstance(record, dict) else None
     else: raise UserError(f"{path}: chat data must be JSON lines (.jsonl, .jsonl.gz, .jsonl.zst) or parquet")
 

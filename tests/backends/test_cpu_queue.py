@@ -9,7 +9,8 @@ from aurora_tg.data.tokenizer import train_bpe
 from conftest import ROOT, sample_text
 from test_chat import make_model, save_run
 
-TESTS = str(ROOT / "tests")
+# the tests' import path (conftest.py adds each tests/ folder), so the fresh process imports this file as this one does
+TEST_PATH = [p for p in sys.path if p.startswith(str(ROOT))]
 
 
 def conversation(run, quantize: str | None):
@@ -29,7 +30,7 @@ def conversation(run, quantize: str | None):
 
 def in_fresh_process(code: str, **env) -> str:
   clean = {k: v for k, v in os.environ.items() if k not in ("HCQ2", "DEV")}
-  done = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = [{str(ROOT)!r}, {TESTS!r}]\n{code}"],
+  done = subprocess.run([sys.executable, "-c", f"import sys; sys.path[:0] = {TEST_PATH!r}\n{code}"],
                         capture_output=True, text=True, env={**clean, **env}, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   return done.stdout.strip().splitlines()[-1]

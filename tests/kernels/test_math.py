@@ -45,10 +45,10 @@ def test_row_op(backend, dtype, op, rows, cols, scale, seed):
   with on(backend): check(*ROW_OPS[op], [x], dtype, seed)
 
 
-@pytest.mark.xfail(strict=True, reason="tinygrad 0.14 bug, found by test_batched_matmul: on the clang CPU backend a float16 "
-                   "batched matmul's gradient is wrong when it is realized in one schedule with the forward (n = 31; "
-                   "13 and 7 are right); strict, so a fixed tinygrad fails here and this test goes")
 def test_cpu_float16_batched_matmul_gradient_realized_with_its_forward():
+  """A shape whose float16 gradient, realized in one schedule with its forward, was wrong on one machine's clang CPU
+  backend (tinygrad 0.14.0; 13 and 7 columns were right, 31 wrong) and is right on others: tinygrad compiles for the
+  CPU it runs on (-march=native), so a CPU whose instructions bring the bug back fails here."""
   rng = np.random.default_rng(0)
   a, b = normal(rng, 3, 3, 13, 3), normal(rng, 3, 3, 3, 31)
   with on("CPU"): check(lambda a, b: a @ b, np.matmul, [a, b], "float16", 0)
