@@ -6,7 +6,7 @@ import pytest
 from aurora_tg import config
 from aurora_tg.formats import checkpoint
 from aurora_tg.config import DEFAULTS, STAGE_FLAGS, STAGES, TrainSettings
-from aurora_tg.cli.train import machine
+from aurora_tg.cli.train import machine, parse_args
 CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
 from test_train import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
 
@@ -41,19 +41,25 @@ def recorded_settings(run: Path) -> dict:
 
 
 def test_every_default_in_the_table_is_what_runs_use(finished_run, tmp_path):
-  """One run per stage with only --steps (and the stage's required flags) given; the record says what was used."""
+  """Each stage with only --steps (and the stage's required flags) given, resolved as `aurora train` resolves it; two
+  real runs (a pretraining and a LoRA stage) show that their checkpoint's record holds what was resolved. That every
+  stage's record gives back the settings it ran with is tests/cli/test_train.py's resume tests."""
+  from aurora_tg.cli.train import plan
   base, corpus, _ = finished_run
-  train("--stage", "pretrain", "--size", "tiny", "--optimizer", "muon", "--steps", "2", "--data", corpus, "--out", tmp_path / "pre", check_code=0)
-  assert recorded_settings(tmp_path / "pre") == expected_settings("tiny", "muon", steps=2, optimizer="muon")
+  assert recorded_settings(base) == expected_settings("tiny", "pretrain", steps=4, eval_every=2, batch_size=4)
+  def resolved(*flags):  # as cli/train.py's main() passes the flags given on
+    return plan({k: v for k, v in vars(parse_args(["--steps", "2", *map(str, flags)])).items() if v is not None}, CPU)[0][0]
+  pre = resolved("--stage", "pretrain", "--size", "tiny", "--optimizer", "muon", "--data", corpus)
+  assert asdict(pre.train) == expected_settings("tiny", "muon", steps=2, optimizer="muon")
   for stage in ("sft", "lora"):
-    train("--stage", stage, "--init", base, "--steps", "2", "--out", tmp_path / stage, check_code=0)
-    assert recorded_settings(tmp_path / stage) == expected_settings("tiny", stage, steps=2)
+    assert asdict(resolved("--stage", stage, "--init", base).train) == expected_settings("tiny", stage, steps=2)
+  distill = resolved("--stage", "distill", "--teacher", base, "--data", corpus)
+  assert asdict(distill.train) == expected_settings("tiny", "distill", steps=2)
+  assert (distill.distill_alpha, distill.distill_temperature, distill.size, distill.init) == (0.5, 2.0, "tiny", None)
+  train("--stage", "lora", "--init", base, "--steps", "2", "--out", tmp_path / "lora", check_code=0)
+  assert recorded_settings(tmp_path / "lora") == expected_settings("tiny", "lora", steps=2)
   lora_run = checkpoint.read_record(tmp_path / "lora").run
   assert lora_run.lora == config.LoRAConfig() and lora_run.init == str(base)
-  train("--stage", "distill", "--teacher", base, "--steps", "2", "--data", corpus, "--out", tmp_path / "distill", check_code=0)
-  distill = checkpoint.read_record(tmp_path / "distill").run
-  assert recorded_settings(tmp_path / "distill") == expected_settings("tiny", "distill", steps=2)
-  assert (distill.distill_alpha, distill.distill_temperature, distill.size, distill.init) == (0.5, 2.0, "tiny", None)
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "medium", "gpt2", "gpt2-xl"])
