@@ -73,6 +73,22 @@ def run_main(main, args, stdin: str = "", cwd=None) -> subprocess.CompletedProce
   return subprocess.CompletedProcess(args, code, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
 
 
+TINY_RUN = ["--size", "tiny", "--steps", "4", "--eval-every", "2", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+  """One short tiny run on a generated corpus (the run folder, the corpus, its stdout), made once for the tests that
+  read a checkpoint: a test that changes a run works on a copy."""
+  from aurora_tg.cli.train import main
+  tmp = tmp_path_factory.mktemp("run")
+  corpus = tmp / "corpus.txt"
+  corpus.write_text(sample_text(20000), encoding="utf-8")
+  proc = run_main(main, [*TINY_RUN, "--data", corpus, "--out", tmp / "out"])
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  return tmp / "out", corpus, proc.stdout
+
+
 def pytest_generate_tests(metafunc):
   if "backend" in metafunc.fixturenames:  # the kernel tests: one run per backend (and dtype)
     from backends import parametrize  # tests/kernels/backends.py, importable once a kernel test module is

@@ -8,7 +8,7 @@ from aurora_tg.formats import checkpoint
 from aurora_tg.config import DEFAULTS, STAGE_FLAGS, STAGES, TrainSettings
 from aurora_tg.cli.train import machine, parse_args
 CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
-from test_train import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
+from test_train import assert_one_line_error, train
 
 FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "optimizer": "muon",
                "init": "runs/x", "freeze": "1", "lora_rank": "4", "lora_alpha": "8", "lora_dropout": "0.1",

@@ -17,7 +17,7 @@ from aurora_tg.trainer import Trainer
 from conftest import TEST_SHAPE, sample_text
 from test_chat import chat
 from test_huggingface import CONV1D as HF_CONV1D, numpy_gpt2, read_safetensors_numpy
-from test_train import TINY_RUN, finished_run, train  # noqa: F401  (finished_run is a fixture)
+from test_train import TINY_RUN, train
 
 
 def np_log_softmax(z):

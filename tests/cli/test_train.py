@@ -7,9 +7,7 @@ import train as train_script
 from aurora_tg.formats import checkpoint
 from aurora_tg.cli.train import machine, parse_args
 CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
-from conftest import ROOT, run_main
-
-TINY_RUN = ["--size", "tiny", "--steps", "4", "--eval-every", "2", "--batch-size", "4"]
+from conftest import ROOT, TINY_RUN, run_main
 
 
 def train(*args, check_code=None):
@@ -24,17 +22,6 @@ def assert_one_line_error(proc, fragment):
   assert "Traceback" not in proc.stderr
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and fragment in errors[0], proc.stderr
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-  """One short tiny run on a generated corpus, shared by the tests that need a checkpoint."""
-  tmp = tmp_path_factory.mktemp("run")
-  corpus = tmp / "corpus.txt"
-  from conftest import sample_text
-  corpus.write_text(sample_text(20000), encoding="utf-8")
-  proc = train(*TINY_RUN, "--data", corpus, "--out", tmp / "out", check_code=0)
-  return tmp / "out", corpus, proc.stdout
 
 
 def test_short_run_writes_checkpoint_tokenizer_and_metrics(finished_run):

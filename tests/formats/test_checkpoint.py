@@ -6,7 +6,7 @@ from tinygrad.nn.state import safe_load, safe_load_metadata, safe_save
 from aurora_tg.formats import checkpoint
 from aurora_tg.formats import files
 from test_chat import chat
-from test_train import assert_one_line_error, finished_run, train  # noqa: F401  (finished_run is a fixture)
+from test_train import assert_one_line_error, train
 
 
 def write_version_1(source, out, corpus):

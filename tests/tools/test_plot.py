@@ -5,7 +5,6 @@ import pytest
 from aurora_tg.cli import plot as plot_command
 from aurora_tg.tools import plot
 from conftest import run_main
-from test_train import finished_run  # noqa: F401  (a fixture)
 
 matplotlib = pytest.importorskip("matplotlib")
 COLORS = {"C0": (0x1f, 0x77, 0xb4), "C1": (0xff, 0x7f, 0x0e)}  # matplotlib's first two line colours
