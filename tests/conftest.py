@@ -6,6 +6,10 @@ from pathlib import Path
 # in AURORA_USER_DEV for pytest-xdist's workers, which inherit the DEV=CPU set here and must not read it as a choice.
 USER_DEV = os.environ.setdefault("AURORA_USER_DEV", os.environ.get("DEV", "")) or None
 os.environ.setdefault("DEV", "CPU")
+# tinygrad generates and compiles kernels in a pool of (cores / pytest-xdist workers) processes. A pool of one only
+# adds pickling and process restarts while its worker waits (a tiny train.py run: 23.6 s with it, 18.4 s without, on 2
+# cores), so where a worker's share is under two cores it compiles in its own process; set PARALLEL to choose.
+if (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2: os.environ.setdefault("PARALLEL", "0")
 if "AURORA_CACHE" not in os.environ:  # made by the first process (xdist's workers inherit it) and removed as it exits
   os.environ["AURORA_CACHE"] = tempfile.mkdtemp(prefix="aurora-test-cache-")
   atexit.register(shutil.rmtree, os.environ["AURORA_CACHE"], ignore_errors=True)
