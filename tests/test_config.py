@@ -6,7 +6,7 @@ import pytest
 from aurora_tg import config
 from aurora_tg.formats import checkpoint
 from aurora_tg.config import DEFAULTS, STAGE_FLAGS, STAGES, TrainSettings
-from aurora_tg.cli.train import machine, parse_args
+from aurora_tg.cli.train import given_flags, machine, plan
 CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
 from test_train import assert_one_line_error, train
 
@@ -44,11 +44,9 @@ def test_every_default_in_the_table_is_what_runs_use(finished_run, tmp_path):
   """Each stage with only --steps (and the stage's required flags) given, resolved as `aurora train` resolves it; two
   real runs (a pretraining and a LoRA stage) show that their checkpoint's record holds what was resolved. That every
   stage's record gives back the settings it ran with is tests/cli/test_train.py's resume tests."""
-  from aurora_tg.cli.train import plan
   base, corpus, _ = finished_run
   assert recorded_settings(base) == expected_settings("tiny", "pretrain", steps=4, eval_every=2, batch_size=4)
-  def resolved(*flags):  # as cli/train.py's main() passes the flags given on
-    return plan({k: v for k, v in vars(parse_args(["--steps", "2", *map(str, flags)])).items() if v is not None}, CPU)[0][0]
+  def resolved(*flags): return plan(given_flags(["--steps", "2", *map(str, flags)]), CPU)[0][0]
   pre = resolved("--stage", "pretrain", "--size", "tiny", "--optimizer", "muon", "--data", corpus)
   assert asdict(pre.train) == expected_settings("tiny", "muon", steps=2, optimizer="muon")
   for stage in ("sft", "lora"):
@@ -82,7 +80,6 @@ def test_known_rows(flags, expected):
 
 
 def test_the_default_pipeline_is_pretraining_then_chat_fine_tuning(text_file):
-  from aurora_tg.cli.train import plan
   (pre, resume_pre), (sft, resume_sft) = plan({"size": "tiny", "batch_size": 4, "seed": 5}, CPU)
   assert pre.chat_after and not resume_pre and not resume_sft
   assert (sft.init, sft.out, sft.train.batch_size, sft.train.seed, sft.train.steps) == ("runs/tiny", "runs/tiny-sft", 4, 5, 300)
@@ -90,7 +87,6 @@ def test_the_default_pipeline_is_pretraining_then_chat_fine_tuning(text_file):
 
 
 def test_resuming_the_pipeline_resumes_each_stage_from_its_own_record(tmp_path):
-  from aurora_tg.cli.train import plan
   out = tmp_path / "runs" / "tiny"
   (pre, _), (sft, _) = plan({"size": "tiny", "out": str(out)}, CPU)
   record = lambda cfg: checkpoint.RunRecord(cfg.stage, config.GPTConfig(), "tok", cfg, step=1)

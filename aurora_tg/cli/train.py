@@ -190,8 +190,9 @@ def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3)
           for question, prompt in picked]
 
 
-def parse_args(argv=None, prog: str = "aurora train"):
-  """The run flags, then one flag per config field that has one (config.option), with its help, type and choices."""
+def given_flags(argv=None, prog: str = "aurora train") -> dict:
+  """The flags the user gave, and only those (every default comes from aurora_tg/config.py's table): the run flags,
+  then one flag per config field that has one (config.option), with its help, type and choices."""
   p = argparse.ArgumentParser(prog=prog, description="Train an Aurora GPT model. Without --stage (and --data): pretrain, then "
                                                      "chat fine-tune on conversations built from Python's documentation.")
   p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora, distill")
@@ -205,12 +206,10 @@ def parse_args(argv=None, prog: str = "aurora train"):
     options = dict(action=argparse.BooleanOptionalAction if name == "diagnostics" else "store_true") if kind is bool else \
               dict(type=kind, choices=meta["choices"], metavar=meta["metavar"])
     p.add_argument(config.dash(name), dest=name, default=None, help=where + meta["help"], **options)
-  return p.parse_args(argv)
+  return {name: value for name, value in vars(p.parse_args(argv)).items() if value is not None}
 
 
 def main(argv=None, prog: str = "aurora train") -> int:
-  args = parse_args(argv, prog)
-  # the flags the user gave, and only those: every default comes from aurora_tg/config.py's table
-  flags = {name: value for name, value in vars(args).items() if value is not None}
+  flags = given_flags(argv, prog)
   # Ctrl-C before training starts (tokenizing, compiling); once it has started, the trainer saves and returns
   return run(lambda: train(flags), interrupted="interrupted before training started; nothing was saved")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import train as train_script
 from aurora_tg.formats import checkpoint
-from aurora_tg.cli.train import machine, parse_args
+from aurora_tg.cli.train import given_flags, machine
 CPU = machine("CPU")  # what the config asks of the machine, answered here by tinygrad's CPU backend
 from conftest import ROOT, TINY_RUN, run_main
 
@@ -236,8 +236,7 @@ def test_mlp_relu2_from_the_command_line_and_an_unknown_mlp_refused(tmp_path):
   """--mlp relu2 reaches the model's config as train.py passes its flags on (squared ReLU, ungated, GELU's hidden
   width; tests/test_model.py and tests/kernels check its arithmetic); any other value is argparse's usage error."""
   from aurora_tg import config
-  flags = {k: v for k, v in vars(parse_args(["--size", "tiny", "--mlp", "relu2"])).items() if v is not None and v is not False}
-  model = config.new_run("pretrain", flags, CPU).model_config(512)
+  model = config.new_run("pretrain", given_flags(["--size", "tiny", "--mlp", "relu2"]), CPU).model_config(512)
   assert (model.mlp, model.mlp_hidden) == ("relu2", 4 * model.n_embd)
   proc = train("--size", "tiny", "--mlp", "relu3", "--out", tmp_path / "o")
   assert proc.returncode == 2 and "Traceback" not in proc.stderr and not (tmp_path / "o").exists()
