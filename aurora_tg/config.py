@@ -33,7 +33,7 @@ class TrainSettings:
   steps: int = option(300, help="optimizer steps (default: the preset's)", resume=True)
   batch_size: int = option(16, help="sequences per micro-batch (default: the preset's)")
   grad_accum: int = option(1, help="micro-batches per optimizer step (default: the preset's)")
-  optimizer: str = option("adamw", stages=("pretrain",), help="aurora, aurora-riemannian, muon (hidden matrices; AdamW trains "
+  optimizer: str = option("adamw", stages=("pretrain",), help="aurora, aurora-riemannian, muon, normuon (hidden matrices; AdamW trains "
                           "the rest), adamw (default), adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
   lr: float = option(3e-3, help="peak learning rate (default: the optimizer's and preset's)")
   adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
@@ -79,6 +79,7 @@ DEFAULTS: dict[str, dict] = {
   # optimizers, when pretraining (others use the preset's lr). Matrix optimizers take steps of a fixed spectral
   # size, so their rate does not depend on the model's width. Their runs watch for neuron death, the paper's question.
   "aurora": dict(lr=0.05, diagnostics=True), "aurora-riemannian": dict(lr=0.05, diagnostics=True), "muon": dict(lr=0.05, diagnostics=True),
+  "normuon": dict(lr=0.05, diagnostics=True),
   "lamb": dict(lr=1e-2), "sgd": dict(lr=0.3), "rmsprop": dict(lr=1e-3), "adagrad": dict(lr=3e-2), "adadelta": dict(lr=1.0),
   "adamax": dict(lr=6e-3),
   # fine-tuning stages: a fraction of pretraining's steps at a lower rate (LoRA's few weights take a higher one)

@@ -1,4 +1,4 @@
-"""Optimizers tinygrad lacks: Aurora (vanilla and Riemannian), Muon on the same polar routine, and the classic
+"""Optimizers tinygrad lacks: Aurora (vanilla and Riemannian), Muon and NorMuon on the same polar routine, and the classic
 elementwise rules. All are tinygrad `Optimizer`s with fixed iteration counts, so they run inside the jitted step.
 tinygrad's own AdamW, SGD and LAMB are used as they are."""
 import math
@@ -134,6 +134,10 @@ class MatrixOptimizer(Optimizer):
     self.momentum, self.wd, self.nesterov = momentum, weight_decay, nesterov
     self.b = self._new_optim_param()
 
+  def state_written(self) -> list[Tensor]:
+    """The state a step writes (a checkpoint's): the momenta."""
+    return self.b
+
   def direction(self, g: Tensor) -> Tensor:
     """The direction for each matrix of a batch (k, m, n) with m >= n."""
     raise NotImplementedError
@@ -144,7 +148,7 @@ class MatrixOptimizer(Optimizer):
       b.assign(self.momentum * b + (1 - self.momentum) * g)  # an exponential average, as the reference keeps it
       momenta.append((1 - self.momentum) * g + self.momentum * b if self.nesterov else b)
     directions = self.directions(momenta)
-    return [(self.lr * (d + self.wd * t.detach())).cast(t.dtype) for t, d in zip(params, directions)], self.b
+    return [(self.lr * (d + self.wd * t.detach())).cast(t.dtype) for t, d in zip(params, directions)], self.state_written()
 
   def directions(self, momenta: list[Tensor]) -> list[Tensor]:
     """Each matrix's scaled direction, computed block by block, batched by block shape."""
@@ -169,6 +173,27 @@ class MatrixOptimizer(Optimizer):
 class Muon(MatrixOptimizer):
   """Muon: the polar factor of the momentum (Jordan et al. 2024)."""
   def direction(self, g: Tensor) -> Tensor: return polar(g)
+
+
+class NorMuon(Muon):
+  """NorMuon (Li et al. 2025; nanochat's and modded-nanogpt's Muon): Muon's direction with each row (an output neuron)
+  divided by the root of a running mean of its squared entries, then scaled back to the direction's Frobenius norm.
+  Like Aurora it evens out the update's row norms, but by a per-neuron second moment rather than a constraint."""
+  def __init__(self, params: list[Tensor], lr: float, beta2: float = 0.95, **kwargs):
+    super().__init__(params, lr, **kwargs)
+    self.beta2 = beta2
+    self.v = [Tensor.zeros(p.shape[0], 1, dtype="float32", device=self.device).contiguous() for p in self.params]
+
+  def state_written(self) -> list[Tensor]: return [*self.b, *self.v]
+
+  def directions(self, momenta: list[Tensor]) -> list[Tensor]:
+    out = []
+    for d, v in zip(super().directions(momenta), self.v):
+      v.assign(self.beta2 * v + (1 - self.beta2) * d.square().mean(-1, keepdim=True))
+      normalised = d / (v.sqrt() + 1e-10)
+      # the norms are scalars of their own: left lazy, tinygrad fused both sums into every element's update (100x slower)
+      out.append(normalised * (d.square().sum().sqrt() / (normalised.square().sum().sqrt() + 1e-10)).contiguous())
+    return out
 
 
 class Aurora(MatrixOptimizer):
@@ -281,7 +306,8 @@ class Nadam(Elementwise):
 MATRIX_OPTIMIZERS = {
   "aurora": lambda p, lr, wd, blocks: Aurora(p, lr, weight_decay=wd, row_blocks=blocks),
   "aurora-riemannian": lambda p, lr, wd, blocks: Aurora(p, lr, riemannian=True, weight_decay=wd, row_blocks=blocks),
-  "muon": lambda p, lr, wd, blocks: Muon(p, lr, weight_decay=wd, row_blocks=blocks)}
+  "muon": lambda p, lr, wd, blocks: Muon(p, lr, weight_decay=wd, row_blocks=blocks),
+  "normuon": lambda p, lr, wd, blocks: NorMuon(p, lr, weight_decay=wd, row_blocks=blocks)}
 ELEMENTWISE_OPTIMIZERS = {
   "adamw": lambda p, lr, wd: nn.optim.AdamW(p, lr, b1=0.9, b2=0.95, weight_decay=wd),
   "adam": lambda p, lr, wd: nn.optim.Adam(p, lr, b1=0.9, b2=0.95),

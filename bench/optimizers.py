@@ -14,7 +14,10 @@ optimizers_leverage.png (leverage histograms at the end).
 
   python bench/optimizers.py                     # the sweep: about an hour on a 2-core CPU
   python bench/optimizers.py --quick             # one small setting, a minute: checks the bench runs
-  python bench/optimizers.py --mlps relu2 --expansions 16 --steps 2000 --optimizers adamw,muon,aurora
+  python bench/optimizers.py --mlps relu2 --expansions 16 --steps 2000 --optimizers adamw,muon,normuon,aurora
+
+Beside each run's validation loss, the table gives the steps it took to reach the train loss (smoothed over 20 steps)
+at which the setting's slowest optimizer ended, as modded-nanogpt's optimizer track compares optimizers.
 """
 import argparse, json, sys, time
 from pathlib import Path
@@ -33,7 +36,8 @@ def train_one(optimizer: str, mlp: str, expansion: float, data, vocab_size: int,
   from aurora_tg.trainer import Trainer, build_optimizer
   cfg = GPTConfig(n_layer=LAYERS, n_head=HEADS, n_embd=WIDTH, block_size=CONTEXT, vocab_size=vocab_size, mlp=mlp, mlp_ratio=expansion)
   settings = TrainSettings(optimizer=optimizer, lr=DEFAULTS.get(optimizer, {}).get("lr", 3e-3), adam_lr=3e-3, steps=args.steps,
-                           batch_size=args.batch_size, warmup=max(1, args.steps // 10), eval_batches=4, seed=0, log_every=args.window)
+                           batch_size=args.batch_size, warmup=max(1, args.steps // 10), eval_batches=4, seed=0, log_every=args.window,
+                           diagnostics=True)
   Tensor.manual_seed(0)
   model = GPT(cfg)
   trainer = Trainer(model, data, settings, build_optimizer(model, settings))
@@ -68,11 +72,30 @@ def interleaved_ms_per_step(trainers: list, steps: int) -> list[float]:
   return [1e3 * float(np.median(t)) for t in times]
 
 
+def smoothed(losses: np.ndarray, window: int = 20) -> np.ndarray:
+  """A moving average of the train loss (a batch's loss alone is noisy), one value per step from the window's end."""
+  window = min(window, len(losses))
+  return np.convolve(losses, np.ones(window) / window, mode="valid")
+
+
+def steps_to_target(results: list[dict]) -> dict[int, int]:
+  """modded-nanogpt's optimizer question, per setting: the steps each run takes to reach the smoothed train loss that
+  the setting's slowest run ends at (so every run reaches it), by index into results."""
+  out = {}
+  for setting in {(r["mlp"], r["expansion"]) for r in results}:
+    members = [i for i, r in enumerate(results) if (r["mlp"], r["expansion"]) == setting]
+    curves = {i: smoothed(np.array([c[2] for c in results[i]["curve"]])) for i in members}
+    target = max(curve[-1] for curve in curves.values())
+    for i, curve in curves.items(): out[i] = int(np.argmax(curve <= target)) + min(20, len(results[i]["curve"]))
+  return out
+
+
 def table(results: list[dict]) -> str:
-  lines = ["| MLP | expansion (hidden) | optimizer | val loss | dead at end (per layer) | worst window | never active on probe | ms/step |",
-           "|---|---|---|---|---|---|---|---|"]
-  for r in results:
-    lines.append(f"| {r['mlp']} | {r['expansion']:g} ({r['hidden']}) | {r['optimizer']} | {r['val_loss']:.3f} | "
+  lines = ["| MLP | expansion (hidden) | optimizer | val loss | steps to the setting's target | dead at end (per layer) | "
+           "worst window | never active on probe | ms/step |", "|---|---|---|---|---|---|---|---|---|"]
+  to_target = steps_to_target(results)
+  for i, r in enumerate(results):
+    lines.append(f"| {r['mlp']} | {r['expansion']:g} ({r['hidden']}) | {r['optimizer']} | {r['val_loss']:.3f} | {to_target[i]} | "
                  f"{' / '.join(f'{d:.0%}' for d in r['dead'])} | {r['max_dead']:.0%} | "
                  f"{' / '.join(f'{d:.0%}' for d in r['never_active'])} | {r['ms_per_step']:.0f} |")
   muon = {(r["mlp"], r["expansion"]): r["ms_per_step"] for r in results if r["optimizer"] == "muon"}
@@ -92,8 +115,7 @@ def plot(results: list[dict], out: Path, title: str):
   for row, (mlp, expansion) in enumerate(settings):
     for r in (r for r in results if (r["mlp"], r["expansion"]) == (mlp, expansion)):
       steps, seconds, losses = map(np.array, zip(*r["curve"]))
-      window = min(20, len(losses))
-      smooth = np.convolve(losses, np.ones(window) / window, mode="valid")  # raw batch losses are noisy
+      window, smooth = min(20, len(losses)), smoothed(losses)
       label = f"{r['optimizer']} (val {r['val_loss']:.3f})"
       axes[row, 0].plot(steps[window - 1:], smooth, label=label)
       axes[row, 1].plot(seconds[window - 1:], smooth, label=label)
@@ -120,7 +142,7 @@ def main():
   p.add_argument("--quick", action="store_true", help="one setting (relu2 x4), 60 steps: checks that the bench runs")
   p.add_argument("--mlps", default="gelu,swiglu,relu2")
   p.add_argument("--expansions", default="4,8,16")
-  p.add_argument("--optimizers", default="muon,aurora")
+  p.add_argument("--optimizers", default="muon,normuon,aurora")
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--batch-size", type=int, default=8)
   p.add_argument("--window", type=int, default=10, help="steps per leverage window")

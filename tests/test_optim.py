@@ -175,6 +175,36 @@ def test_aurora_steps_match_numpy_on_a_tall_matrix():
   np.testing.assert_allclose(got, w, atol=1e-4)
 
 
+def np_normuon(w0: np.ndarray, grads: list[np.ndarray], lr: float, wd: float) -> np.ndarray:
+  """NorMuon as its paper states it (Li et al. 2025, Algorithm 1), float64: Muon's direction, each row divided by the
+  root of a running mean of its squares (beta2 0.95), rescaled to the direction's Frobenius norm."""
+  m, n = w0.shape
+  w, mom, v = w0.astype(np.float64), np.zeros_like(w0, dtype=np.float64), np.zeros((m, 1))
+  for g in grads:
+    mom = 0.95 * mom + 0.05 * g
+    o = np_polar(0.05 * g + 0.95 * mom)
+    v = 0.95 * v + 0.05 * (o ** 2).mean(1, keepdims=True)
+    normalised = o / (np.sqrt(v) + 1e-10)
+    update = normalised * np.linalg.norm(o) / np.linalg.norm(normalised) * math.sqrt(max(1, m / n))
+    w = w * (1 - lr * wd) - lr * update
+  return w
+
+
+@pytest.mark.parametrize("shape", [(24, 8), (8, 24), (12, 12)])
+def test_normuon_steps_match_numpy(shape):
+  rng = np.random.default_rng(2)
+  w0 = rng.standard_normal(shape).astype(np.float32)
+  grads = [leveraged_gradient(*shape, s) if shape[0] >= shape[1] else leveraged_gradient(*shape[::-1], s).T.copy() for s in range(4)]
+  param = Tensor(w0).contiguous().realize()
+  got = run_optimizer(optim.NorMuon([param], lr=0.05, weight_decay=0.025), param, grads)
+  np.testing.assert_allclose(got, np_normuon(w0, grads, 0.05, 0.025), atol=1e-4)
+  muon_param = Tensor(w0).contiguous().realize()
+  muon = run_optimizer(optim.Muon([muon_param], lr=0.05, weight_decay=0.025), muon_param, grads)
+  # a wide polar factor has orthonormal rows, already even: there NorMuon is Muon; a tall one's rows are uneven
+  if shape[0] < shape[1]: np.testing.assert_allclose(got, muon, atol=1e-5)
+  if shape[0] > shape[1]: assert np.abs(got - muon).max() > 1e-3
+
+
 @pytest.mark.parametrize("scale", [1e-4, 1e4])
 def test_riemannian_direction_does_not_depend_on_the_gradients_scale(scale):
   """Scaled by a power of two (no rounding in the input), the direction is bit-identical even for a very uneven
