@@ -69,8 +69,8 @@ class CLGraph(GraphRunner):
 def install(device: str) -> bool:
   """Make jitted steps on `device` (a CL device) run through CLGraph; False where it does not apply: another backend,
   a graph already set, tinygrad's IMAGE mode, whose image arguments this runner does not prepare, or another tinygrad
-  than the one it was written for (fence.py). The graph is the device's for the rest of the process: decoding is all
-  that process does (chat, the server, bench/decode.py)."""
+  than the one it was written for (fence.py). The graph is the device's for the rest of the process (a training run,
+  chat, the server, bench/decode.py)."""
   if device.split(":")[0] != "CL" or IMAGE or not fence.allows("the CL graph runner"): return False
   dev = Device[device]
   if dev.graph is None: dev.graph = CLGraph

@@ -57,18 +57,23 @@ def opencl_on_cpu() -> bool:
   return not failed and bool(kind.value & cl.CL_DEVICE_TYPE_CPU)
 
 
+def replay_jitted_steps():
+  """On CL, jitted steps (training's, evaluation's and decoding's) replay as prepared kernel launches
+  (aurora_tg/backends/cl_graph.py), 3 us a launch instead of 30 on a 2-core CPU (bench/cl_launch.py): a train step
+  of the small preset has several hundred kernels, and is about 9% faster. Other backends keep tinygrad's own graph."""
+  if Device.DEFAULT.split(":")[0] != "CL": return
+  from aurora_tg.backends import cl_graph  # here: it loads tinygrad's OpenCL runtime, which other backends' machines may lack
+  cl_graph.install(Device.DEFAULT)
+
+
 def tune_for_decoding():
   """Decoding spends its time in matrix-vector products, which tinygrad's heuristic lays out for GPUs: each output's
   sum is split over 8 work-items that meet in local memory. An OpenCL CPU (PoCL) runs work-items in turn, and there
   one work-item per output makes each of GPT-2 124M's matvecs 1.4-3x faster (README). chat.py calls this once the
   device is selected; training keeps tinygrad's layout (the setting made its steps about 3% slower, within noise).
-  A value the user set stays.
-
-  On CL, jitted steps also replay as prepared kernel launches (aurora_tg/backends/cl_graph.py) rather than through
-  tinygrad's per-kernel Python path, 3 us a launch instead of 30 on a 2-core CPU (bench/cl_launch.py)."""
+  A value the user set stays. Jitted steps replay as prepared launches (replay_jitted_steps)."""
   if Device.DEFAULT.split(":")[0] != "CL" or not fence.allows("decoding's tuning for OpenCL"): return
-  from aurora_tg.backends import cl_graph  # here: it loads tinygrad's OpenCL runtime, which other backends' machines may lack
-  cl_graph.install(Device.DEFAULT)
+  replay_jitted_steps()
   if "MV_THREADS_PER_ROW" not in os.environ and opencl_on_cpu():
     os.environ["MV_THREADS_PER_ROW"] = "1"
     getenv.cache_clear()  # tinygrad caches what it read of the environment

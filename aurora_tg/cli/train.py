@@ -63,6 +63,7 @@ def resumed_config(out: Path, flags: dict, machine: config.Machine) -> StageConf
 def train(flags: dict) -> int:
   """Run the planned stages in order; stop at the first that does not finish."""
   device = devices.select_device(flags.get("device"))
+  devices.replay_jitted_steps()
   stages = plan(flags, machine(device))
   if any(cfg.wandb for cfg, _ in stages): require_wandb()
   for i, (cfg, resume) in enumerate(stages):

@@ -70,6 +70,25 @@ def test_conversations_decode_the_same_tokens_as_kernels_launched_one_by_one(on_
   assert all(expected)
 
 
+def test_train_steps_through_the_graph_give_the_same_losses_and_weights(on_cl):
+  """Training's two jitted pieces (gradient, update) and evaluation, replayed through CLGraph, against the same steps
+  launched kernel by kernel: the same losses and weights, bit for bit (the same kernels in the same order)."""
+  from tinygrad.nn.state import get_state_dict
+  from aurora_tg.backends.cl_graph import CLGraph, install
+  from test_trainer import SETTINGS, make_trainer
+  def train():
+    trainer = make_trainer(SETTINGS)
+    losses = [trainer.train_step()[0] for _ in range(4)] + [trainer.evaluate()]
+    return trainer, losses, {k: v.numpy() for k, v in get_state_dict(trainer.model).items()}
+  _, expected_losses, expected_weights = train()
+  assert install("CL")
+  trainer, losses, weights = train()
+  assert losses == expected_losses
+  for k, w in expected_weights.items(): np.testing.assert_array_equal(weights[k], w, err_msg=k)
+  for step in (trainer._micro_step, trainer._update_step, trainer._eval_step):
+    assert all(isinstance(r, CLGraph) for r in graph_runners(step))
+
+
 def test_decoding_on_cl_installs_the_graph_and_other_backends_keep_theirs():
   code = ("from aurora_tg.backends import devices; from tinygrad import Device; d = devices.select_device({!r}); "
           "graph = Device[d].graph; devices.tune_for_decoding(); print(Device[d].graph is graph, getattr(Device[d].graph, '__name__', None))")
