@@ -2,6 +2,7 @@
 import math
 from dataclasses import dataclass, asdict, fields
 from tinygrad import Tensor, dtypes, nn
+from aurora_tg.backends import scatter
 
 
 @dataclass(frozen=True)
@@ -206,10 +207,14 @@ class Block:
     return x + self.mlp(self.ln_2(x))
 
 
-class TiedEmbedding(nn.Embedding):
+class TiedEmbedding:
   """The token embedding, which is also the LM head (GPT-2 ties them)."""
-  def __init__(self, vocab_size: int, dim: int):  # nn.Embedding's lookup, GPT-2's initialisation
+  def __init__(self, vocab_size: int, dim: int):  # GPT-2's initialisation
     self.weight = Tensor.normal(vocab_size, dim, std=0.02)
+
+  def __call__(self, idx: Tensor) -> Tensor:
+    """The ids' rows; the table's gradient is a scatter-add where the backend allows (aurora_tg/backends/scatter.py)."""
+    return scatter.lookup(self.weight, idx)
 
   def pad_rows(self, multiple: int = 64):
     """For inference only: zero rows up to a multiple of `multiple`, whose logits GPT makes -inf. A decoded token's

@@ -7,6 +7,7 @@ What stands behind the fence, and why each is worth it (docs/architecture.md has
 - cl_graph.py: jitted steps on OpenCL replayed as prepared kernel launches (tinygrad has no graph runner for CL).
 - cpu_queue.py: decoding on the CPU backend through its command queue (the HCQ2 switch).
 - devices.py: one work-item per matrix-vector output on an OpenCL CPU (MV_THREADS_PER_ROW, getenv's cache).
+- scatter.py: the token embedding's gradient as an atomic scatter-add kernel built from UOps (CPU, CL, CUDA, AMD).
 - kernel_search.py: BEAM's progress bar, drawn by replacing the tqdm tinygrad's compiler looks up."""
 import functools, importlib.metadata, sys
 

@@ -27,3 +27,17 @@ def test_a_wrong_gradient_fails(backend, dtype, op):
     for name, wrong in WRONG.items():
       factor.assign(Tensor([wrong])).realize()
       with pytest.raises(AssertionError, match="gradient of input"): check(with_gradient_scaled(fn, factor), reference, inputs, dtype)
+
+
+def test_a_wrong_embedding_gradient_fails(backend, dtype):
+  """The same for the embedding's scatter-add, its table's gradient scaled (the ids have none)."""
+  from test_layers import embedding_lookup
+  rng = np.random.default_rng(0)
+  ids, table = rng.integers(0, 13, (3, 5)), normal(rng, 13, 13, scale=3.0)
+  with on(backend):
+    factor = Tensor([1.0]).realize()
+    def scaled(ids, weight): return embedding_lookup(ids, weight.detach() + (weight - weight.detach()) * factor.cast(weight.dtype))
+    check(scaled, lambda ids, weight: weight[ids], [ids, table], dtype)
+    for name, wrong in WRONG.items():
+      factor.assign(Tensor([wrong])).realize()
+      with pytest.raises(AssertionError, match="gradient of input"): check(scaled, lambda ids, weight: weight[ids], [ids, table], dtype)
