@@ -53,13 +53,10 @@ def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[s
   return trainer.train_step
 
 
-def torch_step(cfg, batch_size: int, dtype: str):
-  """nanoGPT's recipe: on CUDA, torch.compile, autocast to the compute dtype (float32 weights and AdamW state) and the
-  fused AdamW. On a CPU the model runs eagerly: compiling there needs a C++ toolchain and costs minutes."""
+def torch_model(cfg):
+  """nanoGPT's GPT-2 in PyTorch, for an Aurora GPTConfig's shape (GELU MLP, learned positions, LayerNorm, tied head)."""
   import torch
   import torch.nn as tnn
-  torch.manual_seed(0)
-  device = "cuda" if torch.cuda.is_available() else "cpu"
 
   class Block(tnn.Module):
     def __init__(self):
@@ -80,14 +77,26 @@ def torch_step(cfg, batch_size: int, dtype: str):
       super().__init__()
       self.wte, self.wpe = tnn.Embedding(cfg.vocab_size, cfg.n_embd), tnn.Embedding(cfg.block_size, cfg.n_embd)
       self.h, self.ln_f = tnn.ModuleList(Block() for _ in range(cfg.n_layer)), tnn.LayerNorm(cfg.n_embd)
+      for name, p in self.named_parameters():  # GPT-2's initialisation, as nanoGPT's _init_weights
+        if p.dim() == 2: tnn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") or name.endswith("mlp.2.weight") else 0.02)
+        elif name.endswith("bias"): tnn.init.zeros_(p)
 
-    def forward(self, idx, targets):
+    def forward(self, idx, targets, reduction="mean"):
       x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
       for block in self.h: x = block(x)
       logits = self.ln_f(x) @ self.wte.weight.T
-      return tnn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+      return tnn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction=reduction)
 
-  model = TorchGPT().to(device)
+  return TorchGPT()
+
+
+def torch_step(cfg, batch_size: int, dtype: str):
+  """nanoGPT's recipe: on CUDA, torch.compile, autocast to the compute dtype (float32 weights and AdamW state) and the
+  fused AdamW. On a CPU the model runs eagerly: compiling there needs a C++ toolchain and costs minutes."""
+  import torch
+  torch.manual_seed(0)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = torch_model(cfg).to(device)
   opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
   forward = torch.compile(model) if device == "cuda" else model  # compiled on the first of time_steps' warm-up steps
   x = torch.randint(0, cfg.vocab_size, (batch_size, cfg.block_size), device=device)
@@ -117,7 +126,8 @@ def main():
   args = p.parse_args()
   if args.device: os.environ["DEV"] = args.device.upper()
   from tinygrad import Device
-  from aurora_tg.backends.devices import parse_devices
+  from aurora_tg.backends.devices import parse_devices, replay_jitted_steps
+  replay_jitted_steps()  # as a training run does (CL: the graph runner)
   from aurora_tg.model import GPTConfig, PRESETS
   devices = parse_devices(args.devices)
   cfg = GPTConfig(**{"vocab_size": 50261, **PRESETS[args.size]})
