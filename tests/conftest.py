@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if (ROOT.parent / "shared" / "tiktoken_cache").is_dir():  # offline machines keep GPT-2's BPE there
   os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(ROOT.parent / "shared" / "tiktoken_cache"))
 sys.path.insert(0, str(ROOT))
-# tests share helpers by importing each other's modules (from test_chat import make_model), wherever they lie
-sys.path[1:1] = [str(d) for d in sorted((ROOT / "tests").iterdir()) if d.is_dir() and d.name not in ("__pycache__", "kernels")]
+# tests share helpers by importing each other's modules (from test_chat import make_model, from kernel_check import
+# on), wherever they lie and whichever folder pytest collects first
+sys.path[1:1] = [str(d) for d in sorted((ROOT / "tests").iterdir()) if d.is_dir() and d.name != "__pycache__"]
 
 import numpy as np
 import pytest
