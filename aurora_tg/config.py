@@ -17,6 +17,9 @@ from aurora_tg.model import GPTConfig, PRESETS
 from aurora_tg.optim import MATRIX_OPTIMIZERS, OPTIMIZERS
 
 STAGES = ("pretrain", "sft", "lora", "distill")
+# --optimizer's default, chosen by measurement (bench/walltime.py, README's "Optimizers"); fine-tuning stages take no
+# --optimizer and train with TrainSettings' own default, AdamW
+PRETRAIN_OPTIMIZER = "aurora"
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -33,8 +36,9 @@ class TrainSettings:
   steps: int = option(300, help="optimizer steps (default: the preset's)", resume=True)
   batch_size: int = option(16, help="sequences per micro-batch (default: the preset's)")
   grad_accum: int = option(1, help="micro-batches per optimizer step (default: the preset's)")
-  optimizer: str = option("adamw", stages=("pretrain",), help="aurora, aurora-riemannian, muon, normuon (hidden matrices; AdamW trains "
-                          "the rest), adamw (default), adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
+  # the trainer's own default (every fine-tuning stage's); pretraining's is PRETRAIN_OPTIMIZER, the flag's default
+  optimizer: str = option("adamw", stages=("pretrain",), help="aurora (default), aurora-riemannian, muon, normuon (hidden "
+                          "matrices; AdamW trains the rest), adamw, adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
   lr: float = option(3e-3, help="peak learning rate (default: the optimizer's and preset's)")
   adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
   warmup: int = 20               # at most a tenth of the steps
@@ -285,10 +289,12 @@ def preset_of(cfg: GPTConfig) -> str:
   return same[0] if same else min(PRESETS, key=lambda name: abs(PRESETS[name]["n_embd"] - cfg.n_embd))
 
 
-def train_settings(preset: str, row: str, flags: dict, machine: Machine) -> TrainSettings:
-  """The table's layers for a new run: TrainSettings, the preset's row, the optimizer's or stage's row, then flags."""
-  optimizer = flags.get("optimizer", "adamw")
+def train_settings(preset: str, stage: str, flags: dict, machine: Machine) -> TrainSettings:
+  """The table's layers for a new run: TrainSettings, the preset's row, the optimizer's (pretraining) or stage's row,
+  then flags."""
+  optimizer = flags.get("optimizer", PRETRAIN_OPTIMIZER) if stage == "pretrain" else TrainSettings.optimizer
   if optimizer not in OPTIMIZERS: raise UserError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+  row = optimizer if stage == "pretrain" else stage
   values = {**DEFAULTS[preset], "adam_lr": DEFAULTS[preset]["lr"], **DEFAULTS.get(row, {}), "optimizer": optimizer}
   values |= {k: flags[k] for k in TRAIN_FLAGS if k in flags and k != "devices"}
   if "weight_decay" in flags: values["matrix_weight_decay"] = flags["weight_decay"]
@@ -331,8 +337,7 @@ def new_run(stage: str, flags: dict, machine: Machine, init_preset: str | None =
   if size is not None and size not in PRESETS: raise UserError(f"unknown size {size!r}; presets: {', '.join(PRESETS)}")
   values = {name: flag_value(name, flags[name]) for name in STAGE_FLAGS[stage] if name in flags and name not in TRAIN_FLAGS}
   if values.get("data") and Path(values["data"]).exists(): values["data"] = str(Path(values["data"]).resolve())  # a resumed run may start elsewhere
-  values |= dict(out=flags.get("out") or default_out(stage, flags), train=train_settings(init_preset or size, stage if stage != "pretrain"
-                 else flags.get("optimizer", "adamw"), flags, machine))
+  values |= dict(out=flags.get("out") or default_out(stage, flags), train=train_settings(init_preset or size, stage, flags, machine))
   if size is not None: values["size"] = size
   if stage == "pretrain":
     values |= dict(tokenizer=flags.get("tokenizer") or ("bpe" if "vocab_size" in PRESETS[size] else "gpt2"), chat_after=chat_after)

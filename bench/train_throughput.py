@@ -40,12 +40,14 @@ def time_steps(step, n_steps: int) -> float:
   return (time.perf_counter() - start) / n_steps
 
 
-def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[str, ...] = ()):
+def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[str, ...] = (), optimizer: str = "adamw"):
   from tinygrad import Tensor
   from aurora_tg.data.shards import TokenData
   from aurora_tg.model import GPT
   from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
-  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, dtype=dtype, devices=devices)
+  from aurora_tg.config import DEFAULTS
+  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, dtype=dtype, devices=devices, optimizer=optimizer,
+                           lr=DEFAULTS.get(optimizer, {}).get("lr", 3e-3), diagnostics=DEFAULTS.get(optimizer, {}).get("diagnostics", False))
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=200_000, dtype=np.int64).astype(np.uint32)
   Tensor.manual_seed(0)
   model = GPT(cfg)
@@ -119,6 +121,7 @@ def main():
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--device", help="tinygrad backend (default: tinygrad's pick)")
   p.add_argument("--compare-fusion", action="store_true", help="also time the step without stored activations")
+  p.add_argument("--optimizers", default="adamw", help="Aurora rows, one per optimizer, each with its default diagnostics (PyTorch's is AdamW)")
   p.add_argument("--dtype", default="float32", help="compute dtype: float32, bfloat16 or float16 (mixed precision)")
   p.add_argument("--devices", help="data parallel over these devices (CUDA:0,CUDA:1 or a count)")
   p.add_argument("--compare-devices", action="store_true", help="also time the same global batch on one device")
@@ -138,7 +141,8 @@ def main():
         f"batch {args.batch_size} x {cfg.block_size} = {tokens} tokens; {fpt * tokens / 1e9:.2f} GFLOP per step; peak {peak / 1e12:.3f} TFLOPS")
 
   where = f"{len(devices)} x {devices[0].split(':')[0]}" if devices else device
-  rows = [(f"aurora (tinygrad, {where}, {args.dtype})", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype, devices), args.steps))]
+  rows = [(f"aurora {name} (tinygrad, {where}, {args.dtype})", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype, devices, name), args.steps))
+          for name in args.optimizers.split(",")]
   if args.compare_devices and devices:
     rows.append((f"  same batch on one {device}", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype), args.steps)))
   if args.compare_fusion:  # the same step with every activation left for tinygrad to fuse into its consumers

@@ -4,6 +4,7 @@ wall time, then evaluated on the same validation windows (loss and bits per byte
 
   python bench/walltime.py                      # 210 s each: AdamW, Muon, NorMuon, Aurora, and PyTorch (AdamW, Muon)
   python bench/walltime.py --budget 60 --runs aurora,adamw,torch-adamw --mlp relu2
+  python bench/walltime.py --runs aurora,muon --seed 7 --out bench/results/walltime-seed7.md   # the noise between seeds
   python bench/walltime.py --quick              # a few seconds each on the tiny preset: checks that the bench runs
 
 A run's steps are set so that its training fills the budget: a probe measures the step time, then a fresh run trains
@@ -32,6 +33,7 @@ def settings_for(args, optimizer: str):
   from aurora_tg.cli.train import machine
   from tinygrad import Device
   flags = {"optimizer": optimizer, "size": args.size, "out": "/nonexistent/walltime", "mlp": args.mlp}
+  if args.seed is not None: flags["seed"] = args.seed
   return config.new_run("pretrain", flags, machine(Device.DEFAULT))
 
 
@@ -138,6 +140,8 @@ def main():
   p.add_argument("--size", default="small")
   p.add_argument("--mlp", default="gelu", help="the Aurora runs' MLP (PyTorch's stays nanoGPT's GELU)")
   p.add_argument("--eval-batches", type=int, default=32, help="validation windows, batches of the run's batch size")
+  p.add_argument("--seed", type=int, help="the runs' initialisation and batch order (default: the run's own); the "
+                 "validation windows stay the default's, so rows of two seeds compare on the same tokens")
   p.add_argument("--device")
   p.add_argument("--quick", action="store_true", help="the tiny preset, 4 s a run, 2 validation batches, no results file")
   p.add_argument("--out", default="bench/results/walltime.md")
@@ -153,6 +157,7 @@ def main():
     if not hasattr(torch.optim, "Muon"): runs = [r for r in runs if r != "torch-muon"]
 
   from aurora_tg.backends import devices
+  from aurora_tg.config import TrainSettings
   from aurora_tg.cli.train import pretraining_tokenizer
   from aurora_tg.data.prepare import token_data
   device = devices.select_device(args.device)
@@ -161,7 +166,7 @@ def main():
   tokenizer = pretraining_tokenizer(base)
   args.vocab = tokenizer.n_vocab
   data = token_data(base, tokenizer, base.model_config(tokenizer.n_vocab).block_size)
-  windows = validation_windows(data, args.eval_batches, base.train.batch_size, base.train.seed + 1)
+  windows = validation_windows(data, args.eval_batches, base.train.batch_size, TrainSettings.seed + 1)
   targets = np.concatenate([y.reshape(-1) for _, y in windows])
   token_bytes = tokenizer.token_bytes()
   print(f"{device} | preset {args.size}, batch {base.train.batch_size} x {data.block_size} | {args.budget:g} s a run | "

@@ -45,7 +45,8 @@ def test_every_default_in_the_table_is_what_runs_use(finished_run, tmp_path):
   real runs (a pretraining and a LoRA stage) show that their checkpoint's record holds what was resolved. That every
   stage's record gives back the settings it ran with is tests/cli/test_train.py's resume tests."""
   base, corpus, _ = finished_run
-  assert recorded_settings(base) == expected_settings("tiny", "pretrain", steps=4, eval_every=2, batch_size=4)
+  # pretraining's default optimizer is config.PRETRAIN_OPTIMIZER, with its row
+  assert recorded_settings(base) == expected_settings("tiny", "aurora", steps=4, eval_every=2, batch_size=4, optimizer="aurora")
   def resolved(*flags): return plan(given_flags(["--steps", "2", *map(str, flags)]), CPU)[0][0]
   pre = resolved("--stage", "pretrain", "--size", "tiny", "--optimizer", "muon", "--data", corpus)
   assert asdict(pre.train) == expected_settings("tiny", "muon", steps=2, optimizer="muon")
@@ -69,9 +70,10 @@ def test_presets_and_optimizers_resolve_through_the_table(preset, optimizer):
 
 
 @pytest.mark.parametrize("flags, expected", [  # a few rows written out, so a changed table shows here too
-  ({"size": "small"}, dict(steps=500, batch_size=8, grad_accum=1, lr=3e-3, adam_lr=3e-3, warmup=20, eval_every=100)),
+  ({"size": "small"}, dict(steps=500, batch_size=8, grad_accum=1, optimizer="aurora", lr=0.05, adam_lr=3e-3, warmup=20, eval_every=100)),
+  ({"size": "small", "optimizer": "adamw"}, dict(steps=500, batch_size=8, lr=3e-3, adam_lr=3e-3, diagnostics=False)),
   ({"size": "tiny", "optimizer": "aurora"}, dict(steps=200, batch_size=16, lr=0.05, adam_lr=3e-3, warmup=20, eval_every=50)),
-  ({"size": "gpt2", "dtype": "float32"}, dict(steps=5000, batch_size=16, grad_accum=32, lr=6e-4, warmup=300, eval_every=250)),
+  ({"size": "gpt2", "dtype": "float32"}, dict(steps=5000, batch_size=16, grad_accum=32, lr=0.05, adam_lr=6e-4, warmup=300, eval_every=250)),
   ({"size": "tiny", "steps": 30, "lr": 0.01}, dict(steps=30, lr=0.01, warmup=3, batch_size=16)),
 ])
 def test_known_rows(flags, expected):
@@ -99,6 +101,17 @@ def test_resuming_the_pipeline_resumes_each_stage_from_its_own_record(tmp_path):
   checkpoint.save(alone.out, {}, {}, record(alone))
   assert len(plan({"resume": True, "out": alone.out}, CPU)) == 1  # --stage pretrain stays one stage on resume
   with pytest.raises(config.UserError, match="fewer than the 1 the run has done"): plan({"resume": True, "out": alone.out, "steps": 0}, CPU)
+
+
+def test_a_run_of_the_old_default_resumes_with_its_own_recorded_optimizer(tmp_path):
+  """Before PRETRAIN_OPTIMIZER was aurora, a flagless pretraining ran AdamW: resumed without flags, it stays AdamW
+  at its own rate, and a new flagless run takes the new default."""
+  out = tmp_path / "runs" / "small"
+  old = config.new_run("pretrain", {"out": str(out), "optimizer": "adamw"}, CPU)  # what no flags resolved to then
+  checkpoint.save(out, {}, {}, checkpoint.RunRecord("pretrain", config.GPTConfig(), "tok", old, step=1))
+  resumed = plan({"resume": True, "out": str(out), "stage": "pretrain"}, CPU)[0][0]
+  assert (resumed.train.optimizer, resumed.train.lr, resumed.train.diagnostics) == ("adamw", 3e-3, False)
+  assert config.new_run("pretrain", {}, CPU).train.optimizer == config.PRETRAIN_OPTIMIZER == "aurora"
 
 
 def test_a_fine_tuning_stage_takes_the_rows_of_its_starting_models_preset():
