@@ -18,14 +18,18 @@ from test_trainer import SETTINGS, make_trainer, run_record
 
 
 # ----- numpy references -----
+# Newton-Schulz's (a, b, c) per step, written out: five of Jordan et al.'s fast quintic, three of the simple one
+NS_STEPS = [(3.4445, -4.7750, 2.0315)] * 5 + [(2.0, -1.5, 0.5)] * 3
+
+
 def np_polar(x: np.ndarray) -> np.ndarray:
   """The same Newton-Schulz rule, in float64 numpy."""
   tall = x.shape[0] > x.shape[1]
   x = (x.T if tall else x).astype(np.float64)
   x = x / (np.linalg.norm(x) + 1e-7)
-  for _ in range(12):
-    a = x @ x.T
-    x = 2 * x - 1.5 * a @ x + 0.5 * a @ a @ x
+  for a, b, c in NS_STEPS:
+    gram = x @ x.T
+    x = a * x + b * gram @ x + c * gram @ gram @ x
   return x.T if tall else x
 
 
@@ -61,9 +65,9 @@ def run_optimizer(opt, param: Tensor, grads: list[np.ndarray]) -> np.ndarray:
 def np_newton_schulz(x: np.ndarray) -> np.ndarray:
   """The reference's plain iteration in float64: what the Gram form must reproduce."""
   x = x.T / np.linalg.norm(x)
-  for _ in range(12):
-    a = x @ x.T
-    x = 2 * x + (-1.5 * a + 0.5 * a @ a) @ x
+  for a, b, c in NS_STEPS:
+    gram = x @ x.T
+    x = a * x + (b * gram + c * gram @ gram) @ x
   return x.T
 
 
