@@ -38,7 +38,7 @@ class TrainSettings:
   grad_accum: int = option(1, help="micro-batches per optimizer step (default: the preset's)")
   # the trainer's own default (every fine-tuning stage's); pretraining's is PRETRAIN_OPTIMIZER, the flag's default
   optimizer: str = option("adamw", stages=("pretrain",), help="aurora (default), aurora-riemannian, muon, normuon (hidden "
-                          "matrices; AdamW trains the rest), adamw, adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam")
+                          "matrices; AdamW trains the rest), adamw, adam, amsgrad, lamb, sgd, rmsprop, adagrad, adadelta, adamax, nadam, ftrl")
   lr: float = option(3e-3, help="peak learning rate (default: the optimizer's and preset's)")
   adam_lr: float = 3e-3          # AdamW's rate for embeddings, head, norms and biases beside a matrix optimizer
   warmup: int = 20               # at most a tenth of the steps
@@ -70,9 +70,10 @@ class TrainSettings:
 # row, then its optimizer's row (pretraining) or its stage's row (fine-tuning, which always uses AdamW), then the
 # user's flags. adam_lr, AdamW's rate beside a matrix optimizer, is the preset's lr.
 DEFAULTS: dict[str, dict] = {
-  # presets: "small" is the default run, a few minutes on a 2-core CPU
+  # presets: "small" is the default run, a few minutes on a 2-core CPU: 360 of Aurora's steps take the time 500 of
+  # AdamW's did, and reach 2.3 bits per byte where those reached 2.7 (bench/results/walltime.md)
   "tiny":        dict(steps=200, batch_size=16, lr=3e-3, eval_every=50),
-  "small":       dict(steps=500, batch_size=8, lr=3e-3, eval_every=100),
+  "small":       dict(steps=360, batch_size=8, lr=3e-3, eval_every=100),
   "medium":      dict(steps=2000, batch_size=32, lr=1.5e-3, eval_every=200),
   # nanoGPT's GPT-2 run: 16 x 32 sequences of 1024 = 0.5M tokens a step, bfloat16 where the backend has it;
   # the larger sizes take GPT-3's lower rates for their parameter counts
@@ -85,7 +86,7 @@ DEFAULTS: dict[str, dict] = {
   "aurora": dict(lr=0.05, diagnostics=True), "aurora-riemannian": dict(lr=0.05, diagnostics=True), "muon": dict(lr=0.05, diagnostics=True),
   "normuon": dict(lr=0.05, diagnostics=True),
   "lamb": dict(lr=1e-2), "sgd": dict(lr=0.3), "rmsprop": dict(lr=1e-3), "adagrad": dict(lr=3e-2), "adadelta": dict(lr=1.0),
-  "adamax": dict(lr=6e-3),
+  "adamax": dict(lr=6e-3), "ftrl": dict(lr=3e-2),
   # fine-tuning stages: a fraction of pretraining's steps at a lower rate (LoRA's few weights take a higher one)
   "sft":     dict(steps=300, lr=1e-3, grad_accum=1),
   "lora":    dict(steps=300, lr=3e-3, grad_accum=1),

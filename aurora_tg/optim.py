@@ -303,6 +303,31 @@ class Nadam(Elementwise):
     return m_hat / ((self.v[i] / (1 - self.b2 ** self.t)).sqrt() + self.eps)
 
 
+class FTRL(Elementwise):
+  """FTRL-proximal (McMahan et al. 2013) as TensorFlow and Keras define it, with learning-rate power -1/2: per
+  coordinate, n sums the squared gradients (from initial_accumulator) and z the gradients less a pull toward the
+  weight, sigma w with sigma = (sqrt(n_new) - sqrt(n)) / lr; the new weight is the closed-form minimiser
+  (clip(z, -l1, l1) - z) / (sqrt(n_new) / lr + 2 l2), exactly 0 where |z| <= l1 (the L1 term's sparsity). It sets
+  the weight rather than stepping it, so its update is w - new weight (w - w is exactly 0); l2 is its weight decay."""
+  state = ("n", "z")
+  def __init__(self, params, lr=1e-2, l1=0.0, l2=0.0, initial_accumulator=0.1):
+    super().__init__(params, lr, l1=l1, l2=l2)
+    self.n = [(n + initial_accumulator).contiguous() for n in self.n]
+
+  def new_weight(self, i: int, w: Tensor, g: Tensor) -> Tensor:
+    n_new = self.n[i] + g * g
+    z = self.z[i] + g - (n_new.sqrt() - self.n[i].sqrt()) / self.lr * w
+    self.z[i].assign(z)
+    self.n[i].assign(n_new)
+    return (z.clip(-self.l1, self.l1) - z) / (n_new.sqrt() / self.lr + 2 * self.l2)
+
+  def _step(self, params: list[Tensor], grads: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    self.t.assign(self.t + 1)
+    weights = [t.detach().float() for t in params]
+    updates = [(w - self.new_weight(i, w, g.float())).cast(t.dtype) for i, (t, w, g) in enumerate(zip(params, weights, grads))]
+    return updates, [self.t, *self.n, *self.z]
+
+
 # --optimizer choices. Matrix optimizers take the 2-D hidden matrices; AdamW takes the rest (see build_optimizer).
 # Each maker takes (params, lr, weight_decay); matrix optimizers also take each matrix's row blocks.
 MATRIX_OPTIMIZERS = {
@@ -318,6 +343,7 @@ ELEMENTWISE_OPTIMIZERS = {
   "sgd": lambda p, lr, wd: nn.optim.SGD(p, lr, momentum=0.9, nesterov=True),
   "rmsprop": lambda p, lr, wd: RMSprop(p, lr), "adagrad": lambda p, lr, wd: Adagrad(p, lr),
   "adadelta": lambda p, lr, wd: Adadelta(p, lr), "adamax": lambda p, lr, wd: Adamax(p, lr), "nadam": lambda p, lr, wd: Nadam(p, lr),
+  "ftrl": lambda p, lr, wd: FTRL(p, lr),
 }
 OPTIMIZERS = (*MATRIX_OPTIMIZERS, *ELEMENTWISE_OPTIMIZERS)
 

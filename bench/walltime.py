@@ -193,7 +193,8 @@ def main():
   reference = next((r[4] for r in rows if r[0].startswith("nanoGPT") and r[0].endswith("adamw")), math.nan)
   table = ["| run | steps | seconds | ms/step | val loss | bits per byte | vs nanoGPT (AdamW) |", "|---|---|---|---|---|---|---|"]
   for label, steps, seconds, loss, bpb in rows:
-    table.append(f"| {label} | {steps} | {seconds:.0f} | {1000 * seconds / steps:.0f} | {loss:.3f} | {bpb:.3f} | {bpb / reference:.2f}x |")
+    ratio = f"{bpb / reference:.2f}x" if math.isfinite(reference) else "no nanoGPT row"
+    table.append(f"| {label} | {steps} | {seconds:.0f} | {1000 * seconds / steps:.0f} | {loss:.3f} | {bpb:.3f} | {ratio} |")
   print("\n" + "\n".join(table))
   if not args.quick:
     command = "python bench/walltime.py " + " ".join(sys.argv[1:])

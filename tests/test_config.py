@@ -70,8 +70,8 @@ def test_presets_and_optimizers_resolve_through_the_table(preset, optimizer):
 
 
 @pytest.mark.parametrize("flags, expected", [  # a few rows written out, so a changed table shows here too
-  ({"size": "small"}, dict(steps=500, batch_size=8, grad_accum=1, optimizer="aurora", lr=0.05, adam_lr=3e-3, warmup=20, eval_every=100)),
-  ({"size": "small", "optimizer": "adamw"}, dict(steps=500, batch_size=8, lr=3e-3, adam_lr=3e-3, diagnostics=False)),
+  ({"size": "small"}, dict(steps=360, batch_size=8, grad_accum=1, optimizer="aurora", lr=0.05, adam_lr=3e-3, warmup=20, eval_every=100)),
+  ({"size": "small", "optimizer": "adamw"}, dict(steps=360, batch_size=8, lr=3e-3, adam_lr=3e-3, diagnostics=False)),
   ({"size": "tiny", "optimizer": "aurora"}, dict(steps=200, batch_size=16, lr=0.05, adam_lr=3e-3, warmup=20, eval_every=50)),
   ({"size": "gpt2", "dtype": "float32"}, dict(steps=5000, batch_size=16, grad_accum=32, lr=0.05, adam_lr=6e-4, warmup=300, eval_every=250)),
   ({"size": "tiny", "steps": 30, "lr": 0.01}, dict(steps=30, lr=0.01, warmup=3, batch_size=16)),

@@ -321,6 +321,30 @@ def test_classic_optimizer_matches_its_textbook_rule(name, cls):
   np.testing.assert_allclose(got, np_classic(name, w0, grads, 0.01, 0.1), rtol=1e-4, atol=1e-5)
 
 
+def np_ftrl(w: np.ndarray, grads: list[np.ndarray], lr: float, l1: float, l2: float, initial: float = 0.1) -> np.ndarray:
+  """TensorFlow's ApplyFtrl (learning-rate power -1/2) as its documentation states it, one step at a time."""
+  accum, linear = np.full_like(w, initial), np.zeros_like(w)
+  for g in grads:
+    accum_new = accum + g * g
+    linear = linear + g - (np.sqrt(accum_new) - np.sqrt(accum)) / lr * w
+    quadratic = np.sqrt(accum_new) / lr + 2 * l2
+    w = np.where(np.abs(linear) > l1, (np.sign(linear) * l1 - linear) / quadratic, 0.0)
+    accum = accum_new
+  return w
+
+
+@pytest.mark.parametrize("l1, l2", [(0.0, 0.0), (3.0, 0.1)])  # without regularisation; with both, 4 of the 15 weights exactly 0
+def test_ftrl_matches_tensorflows_rule(l1, l2):
+  rng = np.random.default_rng(5)
+  w0 = rng.standard_normal((5, 3))
+  grads = [rng.standard_normal((5, 3)) * (i + 1) for i in range(4)]
+  param = Tensor(w0.astype(np.float32)).contiguous().realize()
+  got = run_optimizer(optim.FTRL([param], lr=0.05, l1=l1, l2=l2), param, [g.astype(np.float32) for g in grads])
+  expected = np_ftrl(w0, grads, 0.05, l1, l2)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+  if l1: assert (expected == 0).any() and (got[expected == 0] == 0).all()  # L1's zeros are exact
+
+
 # ----- grouping, diagnostics, training -----
 @pytest.mark.parametrize("arch", [{}, {"mlp": "swiglu", "bias": False, "pos": "rope"}])
 def test_every_parameter_lands_in_exactly_one_group(arch):
