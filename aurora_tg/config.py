@@ -71,7 +71,7 @@ class TrainSettings:
 # user's flags. adam_lr, AdamW's rate beside a matrix optimizer, is the preset's lr.
 DEFAULTS: dict[str, dict] = {
   # presets: "small" is the default run, a few minutes on a 2-core CPU: 360 of Aurora's steps take the time 500 of
-  # AdamW's did, and reach 2.3 bits per byte where those reached 2.7 (bench/results/walltime.md)
+  # AdamW's did, and reach 2.3 bits per byte where those reached 2.7 (bench/results/training.md)
   "tiny":        dict(steps=200, batch_size=16, lr=3e-3, eval_every=50),
   "small":       dict(steps=360, batch_size=8, lr=3e-3, eval_every=100),
   "medium":      dict(steps=2000, batch_size=32, lr=1.5e-3, eval_every=200),
@@ -293,9 +293,9 @@ def preset_of(cfg: GPTConfig) -> str:
 def train_settings(preset: str, stage: str, flags: dict, machine: Machine) -> TrainSettings:
   """The table's layers for a new run: TrainSettings, the preset's row, the optimizer's (pretraining) or stage's row,
   then flags."""
-  optimizer = flags.get("optimizer", PRETRAIN_OPTIMIZER) if stage == "pretrain" else TrainSettings.optimizer
+  if stage == "pretrain": optimizer = row = flags.get("optimizer", PRETRAIN_OPTIMIZER)
+  else: optimizer, row = TrainSettings.optimizer, stage
   if optimizer not in OPTIMIZERS: raise UserError(f"unknown optimizer {optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-  row = optimizer if stage == "pretrain" else stage
   values = {**DEFAULTS[preset], "adam_lr": DEFAULTS[preset]["lr"], **DEFAULTS.get(row, {}), "optimizer": optimizer}
   values |= {k: flags[k] for k in TRAIN_FLAGS if k in flags and k != "devices"}
   if "weight_decay" in flags: values["matrix_weight_decay"] = flags["weight_decay"]

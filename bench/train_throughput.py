@@ -8,6 +8,7 @@ model and batch in PyTorch when it is importable (the user's alternative is nano
 Timings are per micro-batch step (forward, backward, update); gradient accumulation repeats the first two.
 """
 import argparse, math, os, sys, time
+from dataclasses import replace
 from pathlib import Path
 import numpy as np
 
@@ -44,10 +45,13 @@ def tinygrad_step(cfg, batch_size: int, dtype: str = "float32", devices: tuple[s
   from tinygrad import Tensor
   from aurora_tg.data.shards import TokenData
   from aurora_tg.model import GPT
-  from aurora_tg.trainer import Trainer, TrainSettings, build_optimizer
-  from aurora_tg.config import DEFAULTS
-  settings = TrainSettings(batch_size=batch_size, steps=10 ** 6, dtype=dtype, devices=devices, optimizer=optimizer,
-                           lr=DEFAULTS.get(optimizer, {}).get("lr", 3e-3), diagnostics=DEFAULTS.get(optimizer, {}).get("diagnostics", False))
+  from tinygrad import Device
+  from aurora_tg.cli.train import machine
+  from aurora_tg.config import preset_of, train_settings
+  from aurora_tg.trainer import Trainer, build_optimizer
+  # what `train.py --optimizer NAME` resolves to for this preset (its rate and diagnostics), one micro-batch a step
+  flags = {"optimizer": optimizer, "batch_size": batch_size, "dtype": dtype, "grad_accum": 1, "steps": 10 ** 6}
+  settings = replace(train_settings(preset_of(cfg), "pretrain", flags, machine(Device.DEFAULT)), devices=devices)
   tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, size=200_000, dtype=np.int64).astype(np.uint32)
   Tensor.manual_seed(0)
   model = GPT(cfg)

@@ -251,8 +251,9 @@ def test_mlp_relu2_from_the_command_line_and_an_unknown_mlp_refused(tmp_path):
 ])
 def test_a_nan_loss_stops_the_run_in_one_line_and_keeps_the_last_good_checkpoint(finished_run, tmp_path, eval_every, kept):
   """float16 overflows under AdamW at a learning rate of 1 (mixed precision's classic NaN; Aurora's steps of fixed
-  spectral size keep the loss finite there): over 40 steps (a 4-step warmup) the loss is finite for the first 3 steps, NaN a few steps later (where exactly, numerics decide; what each case needs of it is
-  checked below, not assumed)."""
+  spectral size keep the loss finite there): over 40 steps (a 4-step warmup) the loss is finite for the first 3
+  steps, NaN a few steps later (where exactly, numerics decide; what each case needs of it is checked below, not
+  assumed)."""
   _, corpus, _ = finished_run
   out = tmp_path / "nan"
   proc = train("--stage", "pretrain", "--size", "tiny", "--optimizer", "adamw", "--dtype", "float16", "--lr", "1", "--steps", "40", "--eval-every", eval_every,
