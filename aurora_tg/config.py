@@ -1,5 +1,5 @@
 """Run configuration as typed data: every training default in one table, and one validated config per stage
-(pretrain, sft, lora, distill), resolved once from the preset, the optimizer's or stage's row of the table, the user's
+(pretrain, sft, lora, adapter, dpo, distill), resolved once from the preset, the optimizer's or stage's row of the table, the user's
 flags and, when a run resumes, its own record.
 
 A field that a flag sets is named as its flag (batch_size is --batch-size) and carries the flag's help text, the
@@ -16,7 +16,8 @@ from aurora_tg.lora import LoRAConfig, PROJECTIONS
 from aurora_tg.model import GPTConfig, PRESETS
 from aurora_tg.optim import MATRIX_OPTIMIZERS, OPTIMIZERS
 
-STAGES = ("pretrain", "sft", "lora", "distill")
+STAGES = ("pretrain", "sft", "lora", "adapter", "dpo", "distill")
+CHAT_STAGES = ("sft", "lora", "adapter", "dpo")  # fine-tuning an --init model on conversations or preference pairs
 # --optimizer's default, chosen by measurement (bench/walltime.py, README's "Optimizers"); fine-tuning stages take no
 # --optimizer and train with TrainSettings' own default, AdamW
 PRETRAIN_OPTIMIZER = "aurora"
@@ -87,9 +88,12 @@ DEFAULTS: dict[str, dict] = {
   "normuon": dict(lr=0.05, diagnostics=True),
   "lamb": dict(lr=1e-2), "sgd": dict(lr=0.3), "rmsprop": dict(lr=1e-3), "adagrad": dict(lr=3e-2), "adadelta": dict(lr=1.0),
   "adamax": dict(lr=6e-3), "ftrl": dict(lr=3e-2),
-  # fine-tuning stages: a fraction of pretraining's steps at a lower rate (LoRA's few weights take a higher one)
+  # fine-tuning stages: a fraction of pretraining's steps at a lower rate (LoRA's and adapters' few weights take a
+  # higher one; DPO's a lower one, which moves the answers' likelihoods no further than it must)
   "sft":     dict(steps=300, lr=1e-3, grad_accum=1),
   "lora":    dict(steps=300, lr=3e-3, grad_accum=1),
+  "adapter": dict(steps=300, lr=3e-3, grad_accum=1),
+  "dpo":     dict(steps=200, lr=1e-4, grad_accum=1),
   "distill": dict(steps=500, lr=3e-3, grad_accum=1),
 }
 assert all(DEFAULTS[name].get("diagnostics") for name in MATRIX_OPTIMIZERS), "every matrix optimizer's row turns diagnostics on"
@@ -112,14 +116,21 @@ class StageConfig:
   data: str | None = option(None, help="pretrain/distill: a text file, a folder, .jsonl(.gz/.zst) or .parquet with a text "
                             "field, hf:REPO[:FILES] (a Hugging Face dataset), fineweb-edu, tinystories, or a folder `aurora "
                             "prepare` wrote (default: Python's bundled documentation); tokenized once into cached shards; "
-                            "sft/lora: chat data, JSON lines or parquet in OpenAI messages, ShareGPT or Alpaca format, a local "
-                            "file, hf:REPO[:FILES] or smoltalk (default: conversations built from that documentation)")
+                            "sft/lora/adapter: chat data, JSON lines or parquet in OpenAI messages, ShareGPT or Alpaca format, a "
+                            "local file, hf:REPO[:FILES] or smoltalk (default: conversations built from that documentation); dpo: "
+                            "preference pairs in TRL's format (prompt, chosen, rejected) or as two dialogues (chosen, rejected: "
+                            "TRL's implicit prompt, Anthropic HH) (default: each default answer preferred over another question's)")
   wandb: str | None = option(None, resume=True, metavar="PROJECT",
                              help="also log the metrics to this Weights & Biases project (pip install wandb)")
   keep: int = option(0, resume=True, help="also keep the last N checkpoints as checkpoint-<step>.safetensors (default 0)")
   keep_best: bool = option(False, resume=True, help="keep the checkpoint of the lowest validation loss as best.safetensors")
   eval_hellaswag_every: int = option(0, resume=True, help="also measure HellaSwag accuracy (its first 1,000 validation items) "
                                      "at the evaluations whose step is a multiple of N; the data is downloaded once")
+
+  @property
+  def adapters_only(self) -> bool:
+    """Whether the run's checkpoints hold adapters alone (LoRA's, adapter layers), which load over its --init."""
+    return False
 
   def to_dict(self, run_dir: str | Path) -> dict:
     """For the run record. The run folder is where the record lies, not in it. The models it started from are
@@ -181,17 +192,50 @@ class SFTConfig(StageConfig):
   freeze: int = option(0, help="freeze the embeddings and the lowest N blocks (default 0)")
 
 
+LORA_RANK_HELP = f"adapter rank (default {LoRAConfig.rank}; dpo: 0, no adapters, every weight trains)"
+
+
 @dataclass(frozen=True, kw_only=True)
-class LoRAStageConfig(StageConfig):
-  stage = "lora"
-  init: str = option(help=INIT_HELP)  # the frozen base
-  lora_rank: int = option(LoRAConfig.rank, help=f"adapter rank (default {LoRAConfig.rank})")
+class LoRAOptions:
+  """LoRA's adapters over a frozen base, which QLoRA holds quantized."""
+  lora_rank: int = option(LoRAConfig.rank, help=LORA_RANK_HELP)
   lora_alpha: float = option(LoRAConfig.alpha, help=f"adapter scale numerator, scale = alpha / rank (default {LoRAConfig.alpha:g})")
   lora_dropout: float = option(LoRAConfig.dropout, help=f"dropout on the adapters' input (default {LoRAConfig.dropout:g})")
   lora_targets: tuple[str, ...] = option(LoRAConfig.targets, help=f"projections that get adapters (default {','.join(PROJECTIONS)})")
+  base_quantize: str | None = option(None, choices=("nf4", "int8"), help="QLoRA: hold the frozen base in 4-bit NormalFloat "
+                                     "(nf4) or int8, in blocks of 64 weights with an absmax scale; the adapters train over it "
+                                     "and merge into the float base (default: the float base)")
 
   @property
-  def lora(self) -> LoRAConfig: return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets)
+  def lora(self) -> LoRAConfig | None:
+    return LoRAConfig(self.lora_rank, self.lora_alpha, self.lora_dropout, self.lora_targets) if self.lora_rank else None
+
+  @property
+  def adapters_only(self) -> bool: return self.lora is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoRAStageConfig(LoRAOptions, StageConfig):
+  stage = "lora"
+  init: str = option(help=INIT_HELP)  # the frozen base
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterStageConfig(StageConfig):
+  stage = "adapter"
+  init: str = option(help=INIT_HELP)  # the frozen base
+  adapter_size: int = option(64, help="adapter layers' bottleneck width (default 64)")
+
+  @property
+  def adapters_only(self) -> bool: return True
+
+
+@dataclass(frozen=True, kw_only=True)
+class DPOConfig(LoRAOptions, StageConfig):
+  stage = "dpo"
+  init: str = option(help=INIT_HELP + "; dpo: also the frozen reference")
+  dpo_beta: float = option(0.1, help="DPO's beta: how far from the reference the rewards let the model go (default 0.1)")
+  lora_rank: int = option(0, help=LORA_RANK_HELP)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,7 +248,7 @@ class DistillConfig(TextData, NewModel, StageConfig):
   distill_temperature: float = option(2.0, help="softmax temperature of both models (default 2)")
 
 
-STAGE_CONFIGS = {cls.stage: cls for cls in (PretrainConfig, SFTConfig, LoRAStageConfig, DistillConfig)}
+STAGE_CONFIGS = {cls.stage: cls for cls in (PretrainConfig, SFTConfig, LoRAStageConfig, AdapterStageConfig, DPOConfig, DistillConfig)}
 TRAIN_FLAGS = tuple(f.name for f in fields(TrainSettings) if "help" in f.metadata)
 
 
@@ -330,7 +374,7 @@ def new_run(stage: str, flags: dict, machine: Machine, init_preset: str | None =
   own defaults. init_preset: the preset of the model fine-tuning starts from (see preset_of), whose row sets the
   batch size. chat_after: pretraining is the default pipeline's first stage."""
   check_flags(stage, flags)
-  if stage in ("sft", "lora") and not flags.get("init"):
+  if stage in CHAT_STAGES and not flags.get("init"):
     raise UserError(f"--stage {stage} needs --init CHECKPOINT: the pretrained run folder or checkpoint to start from")
   if stage == "distill" and not flags.get("teacher"): raise UserError("--stage distill needs --teacher CHECKPOINT")
   cls = STAGE_CONFIGS[stage]
@@ -357,12 +401,17 @@ def validate(cfg: StageConfig):
     if cfg.max_tokens is not None and cfg.max_tokens < 1: raise UserError(f"--max-tokens must be at least 1, got {cfg.max_tokens}")
   if isinstance(cfg, PretrainConfig) and not cfg.bpe_sample_mb > 0: raise UserError(f"--bpe-sample-mb must be positive, got {cfg.bpe_sample_mb}")
   if isinstance(cfg, SFTConfig) and cfg.freeze < 0: raise UserError(f"--freeze must be 0 or more, got {cfg.freeze}")
-  if isinstance(cfg, LoRAStageConfig):
-    if cfg.lora_rank < 1: raise UserError(f"--lora-rank must be at least 1, got {cfg.lora_rank}")
+  if isinstance(cfg, LoRAOptions):
+    if cfg.lora_rank < (0 if isinstance(cfg, DPOConfig) else 1):
+      raise UserError(f"--lora-rank must be at least {0 if isinstance(cfg, DPOConfig) else 1}, got {cfg.lora_rank}")
+    if cfg.base_quantize not in (None, "nf4", "int8"): raise UserError(f"--base-quantize must be nf4 or int8, got {cfg.base_quantize!r}")
+    if cfg.base_quantize and not cfg.lora_rank: raise UserError("--base-quantize is for a frozen base: give --lora-rank too")
     if not cfg.lora_alpha > 0: raise UserError(f"--lora-alpha must be positive, got {cfg.lora_alpha}")
     if not 0 <= cfg.lora_dropout < 1: raise UserError(f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}")
     unknown = sorted(set(cfg.lora_targets) - set(PROJECTIONS))
     if unknown: raise UserError(f"unknown --lora-targets {','.join(unknown)}; choose from {','.join(PROJECTIONS)}")
+  if isinstance(cfg, AdapterStageConfig) and cfg.adapter_size < 1: raise UserError(f"--adapter-size must be at least 1, got {cfg.adapter_size}")
+  if isinstance(cfg, DPOConfig) and not cfg.dpo_beta > 0: raise UserError(f"--dpo-beta must be positive, got {cfg.dpo_beta}")
   if isinstance(cfg, DistillConfig):
     if not 0 <= cfg.distill_alpha <= 1: raise UserError(f"--distill-alpha must be in [0, 1], got {cfg.distill_alpha}")
     if not cfg.distill_temperature > 0: raise UserError(f"--distill-temperature must be positive, got {cfg.distill_temperature}")

@@ -1,16 +1,21 @@
-"""The stages after pretraining, on the same Trainer: chat SFT (full or with frozen lower layers), LoRA, and
-knowledge distillation from a teacher checkpoint."""
-from tinygrad import Tensor, nn
-from aurora_tg import UserError, lora
+"""The stages after pretraining, on the same Trainer: chat SFT (full or with frozen lower layers), LoRA (over a float
+or a quantized base: QLoRA), adapter layers, preference tuning (DPO) and knowledge distillation from a teacher."""
+from typing import Callable
+import numpy as np
+from tinygrad import Tensor, TinyJit, nn
+from aurora_tg import UserError, adapters, lora, qlora
 from aurora_tg.formats import checkpoint
-from aurora_tg.config import DistillConfig, LoRAStageConfig, SFTConfig
+from aurora_tg.config import AdapterStageConfig, DistillConfig, DPOConfig, LoRAStageConfig, SFTConfig
 from aurora_tg.data.shards import TokenData
 from aurora_tg.data.prepare import token_data
 from aurora_tg.model import GPT, IGNORE_INDEX, cross_entropy
 from aurora_tg.data.chat_data import ChatData, default_conversations, read_conversations
+from aurora_tg.data.preference_data import PreferenceData, default_pairs, read_pairs
 from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.optim import adamw
 from aurora_tg.trainer import Trainer
+
+ChatStage = SFTConfig | LoRAStageConfig | AdapterStageConfig | DPOConfig
 
 
 def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, alpha: float, temperature: float) -> Tensor:
@@ -23,6 +28,24 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: T
   return alpha * temperature ** 2 * kl + (1 - alpha) * ce
 
 
+def answer_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
+  """Each row's log probability of its answer: the sum over the positions whose target is not IGNORE_INDEX."""
+  return -logits.float().sparse_categorical_crossentropy(targets, ignore_index=IGNORE_INDEX, reduction="none").sum(-1)
+
+
+def dpo_rewards(policy_logits: Tensor, reference_logits: Tensor, targets: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+  """DPO's implicit rewards, beta (log p(answer) - log p_ref(answer)), of the chosen answers (the rows' first half)
+  and of the rejected ones (the second half, in the same order)."""
+  rewards = beta * (answer_logprobs(policy_logits, targets) - answer_logprobs(reference_logits.detach(), targets))
+  return rewards.chunk(2)
+
+
+def dpo_loss(policy_logits: Tensor, reference_logits: Tensor, targets: Tensor, beta: float) -> Tensor:
+  """Direct Preference Optimization (Rafailov et al. 2023): -log sigmoid(chosen reward - rejected reward), over pairs."""
+  chosen, rejected = dpo_rewards(policy_logits, reference_logits, targets, beta)
+  return -(chosen - rejected).logsigmoid().mean()
+
+
 def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
   """Partial fine-tuning: the parameters left to train when the embeddings and the lowest n_blocks blocks freeze."""
   if not 0 <= n_blocks <= len(model.h): raise UserError(f"--freeze must be between 0 and {len(model.h)} (the model's blocks), got {n_blocks}")
@@ -31,18 +54,70 @@ def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
   return [t for t in nn.state.get_parameters(model) if id(t) not in frozen]
 
 
-def prepare(cfg: SFTConfig | LoRAStageConfig | DistillConfig, workers: int = 0) -> tuple[Trainer, Tokenizer, ChatData | TokenData]:
+def prepare(cfg: ChatStage | DistillConfig, workers: int = 0) -> tuple[Trainer, Tokenizer, ChatData | PreferenceData | TokenData]:
   """The trainer for a fine-tuning stage, with the tokenizer and data it trains on (workers: see run.run_stage)."""
   Tensor.manual_seed(cfg.train.seed)  # new weights (LoRA adapters, a new student) start alike in every run of a config
   if isinstance(cfg, DistillConfig): return prepare_distill(cfg, workers)
   model, tokenizer, _ = checkpoint.load_model(cfg.init)
+  if isinstance(cfg, DPOConfig): return prepare_dpo(cfg, model, tokenizer)
   conversations = read_conversations(cfg.data, warn=lambda line: print(f"warning: {line}")) if cfg.data else default_conversations()
-  data, s = ChatData(conversations, tokenizer, model.cfg.block_size), cfg.train
-  if isinstance(cfg, LoRAStageConfig):
-    params = lora.add_adapters(model, cfg.lora)
-    return Trainer(model, data, s, adamw(params, s.lr, 0.0), saved_state=lambda: lora.adapter_state(model)), tokenizer, data
-  params = frozen_below(model, cfg.freeze)
-  return Trainer(model, data, s, adamw(params, s.lr, s.weight_decay)), tokenizer, data
+  data = ChatData(conversations, tokenizer, model.cfg.block_size)
+  optimizer, saved_state = trained_part(cfg, model)
+  return Trainer(model, data, cfg.train, optimizer, saved_state=saved_state), tokenizer, data
+
+
+def trained_part(cfg: ChatStage, model: GPT) -> tuple[nn.optim.OptimizerGroup, Callable[[], dict] | None]:
+  """The optimizer over what a chat stage trains, and what its checkpoints save of the model (None: all of it):
+  LoRA's adapters (over a base quantized first, for QLoRA), adapter layers, or the weights above --freeze."""
+  s = cfg.train
+  if getattr(cfg, "lora", None):
+    if cfg.base_quantize: qlora.quantize_base(model, cfg.base_quantize)
+    return adamw(lora.add_adapters(model, cfg.lora), s.lr, 0.0), lambda: lora.adapter_state(model)
+  if isinstance(cfg, AdapterStageConfig):
+    return adamw(adapters.add_adapters(model, cfg.adapter_size), s.lr, 0.0), lambda: adapters.adapter_state(model)
+  return adamw(frozen_below(model, getattr(cfg, "freeze", 0)), s.lr, s.weight_decay), None
+
+
+def prepare_dpo(cfg: DPOConfig, model: GPT, tokenizer: Tokenizer) -> tuple[Trainer, Tokenizer, PreferenceData]:
+  """DPO of the --init model against a frozen copy of itself (quantized alike for QLoRA), computed in the same step."""
+  reference, _, _ = checkpoint.load_model(cfg.init)
+  if cfg.lora and cfg.base_quantize: qlora.quantize_base(reference, cfg.base_quantize)
+  pairs = read_pairs(cfg.data, warn=lambda line: print(f"warning: {line}")) if cfg.data else default_pairs()
+  data = PreferenceData(pairs, tokenizer, model.cfg.block_size)
+  loss = lambda x, y: dpo_loss(model(x), reference(x), y, cfg.dpo_beta)
+  optimizer, saved_state = trained_part(cfg, model)
+  trainer = Trainer(model, data, cfg.train, optimizer, loss=loss, saved_state=saved_state)
+  if cfg.train.devices:  # the reference's copy on every device, as the trainer's replicas of the model
+    for p in nn.state.get_parameters(reference): p.shard_(cfg.train.devices).realize()
+  trainer.extra_eval = preference_eval(model, reference, data, cfg.dpo_beta, cfg.train.batch_size, trainer.tensor)
+  return trainer, tokenizer, data
+
+
+def preference_eval(model: GPT, reference: GPT, data: PreferenceData, beta: float, batch_size: int, to_tensor) -> Callable[[int], dict]:
+  """extra_eval for DPO, over every held-out pair: the DPO loss, the reward accuracy (the share of pairs whose chosen
+  answer has the higher reward, a tie counting half: at the start every reward is 0, and the accuracy is chance's
+  50%), the mean reward margin, and the chosen answers' loss per token. The reference's log probabilities are
+  computed once."""
+  n = len(data.val)
+  order = [i % n for i in range(-(-n // batch_size) * batch_size)]  # whole batches, the last filled from the start
+  batches = [data.rows([data.val[i] for i in order[s:s + batch_size]]) for s in range(0, len(order), batch_size)]
+  chosen_tokens = sum(int((y[:batch_size] != IGNORE_INDEX).sum()) for _, y in batches[:-1])
+  chosen_tokens += int((batches[-1][1][:batch_size - (len(order) - n)] != IGNORE_INDEX).sum())
+
+  def logprobs(net: GPT) -> tuple[np.ndarray, np.ndarray]:
+    step = TinyJit(lambda x, y: answer_logprobs(net(x), y).realize())
+    rows = [step(to_tensor(x), to_tensor(y)).numpy() for x, y in batches]
+    return (np.concatenate([r[:batch_size] for r in rows])[:n].astype(np.float64),
+            np.concatenate([r[batch_size:] for r in rows])[:n].astype(np.float64))
+
+  reference_logprobs = []
+  def run(step: int) -> dict[str, float]:
+    if not reference_logprobs: reference_logprobs.extend(logprobs(reference))
+    (chosen, rejected), (ref_chosen, ref_rejected) = logprobs(model), reference_logprobs
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return {"dpo_loss": float(np.logaddexp(0, -margin).mean()), "reward_acc": float((margin > 0).mean() + (margin == 0).mean() / 2),
+            "reward_margin": float(margin.mean()), "chosen_loss": float(-chosen.sum() / chosen_tokens)}
+  return run
 
 
 def prepare_distill(cfg: DistillConfig, workers: int) -> tuple[Trainer, Tokenizer, TokenData]:

@@ -28,9 +28,9 @@ class LoRALinear:
     return self.base(x) + (x.dropout(self.dropout) @ self.lora_a.T @ self.lora_b.T) * self.scale
 
   def merged(self) -> Linear:
-    """The base projection with the adapter folded into its weight."""
-    self.base.weight.assign(self.base.weight + self.scale * (self.lora_b @ self.lora_a)).realize()
-    return self.base
+    """The base projection with the adapter folded into its weight (a quantized base's: the float weight its codes
+    stand for, qlora.py)."""
+    return Linear.of((self.base.weight + self.scale * (self.lora_b @ self.lora_a)).contiguous().realize(), self.base.bias)
 
 
 def _modules(model: GPT):

@@ -98,6 +98,13 @@ class Linear:
     self.weight = Tensor.normal(n_out, n_in, std=std)
     self.bias = Tensor.zeros(n_out) if bias else None
 
+  @classmethod
+  def of(cls, weight: Tensor, bias: Tensor | None) -> "Linear":
+    """A Linear holding these tensors."""
+    linear = cls.__new__(cls)
+    linear.weight, linear.bias = weight, bias
+    return linear
+
   def __call__(self, x: Tensor) -> Tensor:
     """In x's dtype: with mixed precision the float32 weights are cast to the compute dtype here."""
     return x.linear(self.weight.cast(x.dtype).T, None if self.bias is None else self.bias.cast(x.dtype))
@@ -201,10 +208,13 @@ class Block:
     proj_std = 0.02 / math.sqrt(2 * cfg.n_layer)  # GPT-2: residual projections shrink with depth
     self.ln_1, self.attn = Norm(cfg.n_embd, cfg.norm, cfg.bias), Attention(cfg, proj_std)
     self.ln_2, self.mlp = Norm(cfg.n_embd, cfg.norm, cfg.bias), MLP(cfg, proj_std)
+    self.adapter_attn = self.adapter_mlp = None  # adapter layers after attention and MLP (aurora_tg/adapters.py)
 
   def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache=NO_CACHE, layer: int = 0) -> Tensor:
-    x = x + self.attn(self.ln_1(x), rope, cache, layer)
-    return x + self.mlp(self.ln_2(x))
+    h = self.attn(self.ln_1(x), rope, cache, layer)
+    x = x + (h if self.adapter_attn is None else self.adapter_attn(h))
+    h = self.mlp(self.ln_2(x))
+    return x + (h if self.adapter_mlp is None else self.adapter_mlp(h))
 
 
 class TiedEmbedding:

@@ -58,7 +58,7 @@ class Trainer:
     so only runs that ask for them pay. A fixed probe batch (its own generator) is where each evaluation counts the
     neurons that never fire."""
     probe = self.data.batch(np.random.default_rng(self.s.seed + 2), NeuronWatch.PROBE_SEQUENCES, "val")[0]
-    return NeuronWatch(self.model, self.params, self._tensor(probe, axis=None))
+    return NeuronWatch(self.model, self.params, self.tensor(probe, axis=None))
 
   def _replicate(self, devices: tuple[str, ...]):
     """Data parallelism: a copy of every weight and optimizer tensor on each device. Batches are then split along
@@ -75,7 +75,7 @@ class Trainer:
     for p in self.model_params:
       if isinstance(p.device, tuple): p.replace(p.to(p.device[0]).contiguous().realize())
 
-  def _tensor(self, array, axis: int | None = 0) -> Tensor:
+  def tensor(self, array, axis: int | None = 0) -> Tensor:
     """A host array as an input. When data parallel: split along axis (the batch axis) over the devices, or with
     axis None, a copy on each."""
     return Tensor(array).shard(self.s.devices, axis=axis) if self.s.devices else Tensor(array)
@@ -114,10 +114,10 @@ class Trainer:
     losses = []
     for _ in range(self.s.grad_accum):
       x, y = self.data.batch(self.rng, self.s.batch_size)
-      losses.append(self._micro_step(self._tensor(x), self._tensor(y)).item())
+      losses.append(self._micro_step(self.tensor(x), self.tensor(y)).item())
     loss = sum(losses) / len(losses)
     if not math.isfinite(loss): raise NonFinite(f"loss became {loss} at step {self.step}")
-    norm, finite = self._update_step(self._tensor([lr_multiplier(self.step, self.s)], axis=None)).tolist()
+    norm, finite = self._update_step(self.tensor([lr_multiplier(self.step, self.s)], axis=None)).tolist()
     if not finite: raise NonFinite(f"the {self.s.optimizer} update at step {self.step} made the weights non-finite")
     self.step += 1
     return loss, norm
@@ -129,7 +129,7 @@ class Trainer:
     rng, loss, counted, bits_loss, n_bytes = np.random.default_rng(self.s.seed + 1), 0.0, 0, 0.0, 0
     for _ in range(self.s.eval_batches):
       x, y = self.data.batch(rng, self.s.batch_size, "val")
-      losses = self._eval_step(self._tensor(x), self._tensor(y)).numpy().astype(np.float64)
+      losses = self._eval_step(self.tensor(x), self.tensor(y)).numpy().astype(np.float64)
       loss, counted = loss + losses[y != IGNORE_INDEX].sum(), counted + int((y != IGNORE_INDEX).sum())
       if self.token_bytes is not None:
         token_bytes = np.where(y == IGNORE_INDEX, 0, self.token_bytes[np.maximum(y, 0)])

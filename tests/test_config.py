@@ -13,7 +13,8 @@ from test_train import assert_one_line_error, train
 FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "rope", "mlp": "swiglu", "optimizer": "muon",
                "init": "runs/x", "freeze": "1", "lora_rank": "4", "lora_alpha": "8", "lora_dropout": "0.1",
                "lora_targets": "c_fc", "teacher": "runs/t", "distill_alpha": "0.3", "distill_temperature": "3",
-               "bpe_sample_mb": "5", "text_field": "body", "max_tokens": "1000", "data_order": "sequential"}
+               "bpe_sample_mb": "5", "text_field": "body", "max_tokens": "1000", "data_order": "sequential",
+               "adapter_size": "16", "dpo_beta": "0.2", "base_quantize": "nf4"}
 FOREIGN = [(stage, flag) for stage in STAGES for flag in sorted({f for fs in STAGE_FLAGS.values() for f in fs} - set(STAGE_FLAGS[stage]))]
 
 
@@ -25,7 +26,7 @@ def test_a_flag_of_another_stage_is_refused_naming_its_stage(stage, flag, tmp_pa
 
 
 def test_the_default_pipeline_refuses_fine_tuning_flags(tmp_path):
-  assert_one_line_error(train("--lora-rank", "4", "--out", tmp_path / "o"), "--lora-rank applies to --stage lora, not to pretrain")
+  assert_one_line_error(train("--lora-rank", "4", "--out", tmp_path / "o"), "--lora-rank applies to --stage lora, dpo, not to pretrain")
 
 
 def expected_settings(preset: str, row: str, **given) -> dict:

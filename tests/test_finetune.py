@@ -1,12 +1,12 @@
 """Distillation's loss, SFT teaching answers, and the fine-tuning stages through train.py and chat.py."""
-import json
+import json, subprocess, sys
 import numpy as np
 import pytest
 from tinygrad import Tensor, nn
 from tinygrad.nn.state import get_state_dict
 from aurora_tg import UserError
 from aurora_tg.formats import checkpoint
-from aurora_tg.finetune import distillation_loss, prepare_distill
+from aurora_tg.finetune import distillation_loss, dpo_loss, prepare_distill
 from aurora_tg.cli.train import sample_answers
 from aurora_tg.optim import adamw
 from aurora_tg.model import GPT, GPTConfig, IGNORE_INDEX
@@ -14,8 +14,8 @@ from aurora_tg.data.chat_data import ChatData
 from aurora_tg.data.tokenizer import train_bpe
 from aurora_tg.config import DistillConfig, TrainSettings
 from aurora_tg.trainer import Trainer
-from conftest import TEST_SHAPE, sample_text
-from test_chat import chat
+from conftest import ROOT, TEST_SHAPE, run_main, sample_text
+from test_chat import chat, greedy_answer
 from test_huggingface import CONV1D as HF_CONV1D, numpy_gpt2, read_safetensors_numpy
 from test_train import TINY_RUN, train
 
@@ -38,6 +38,34 @@ def test_distillation_loss_matches_numpy_and_is_zero_kl_for_the_teacher_itself()
   assert distillation_loss(Tensor(s), Tensor(s), Tensor(y), alpha=1.0, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
+def test_dpo_loss_and_its_gradient_match_numpy_with_prompt_tokens_masked_out():
+  """On a bigram model (logits = W[token]): the loss and dL/dW in numpy, from the closed form of log-softmax's
+  gradient, with the prompt's targets IGNORE_INDEX: they must add nothing to either."""
+  rng, V, beta = np.random.default_rng(0), 11, 0.3
+  W, ref_W = (rng.standard_normal((V, V)).astype(np.float32) for _ in range(2))
+  x, y = rng.integers(0, V, size=(4, 6)), rng.integers(0, V, size=(4, 6))
+  y[:, :3] = IGNORE_INDEX  # the prompt: no target
+  y[1, 5] = IGNORE_INDEX   # padding past an answer
+  weights = Tensor(W)
+  weights.requires_grad = True
+  loss = dpo_loss(weights[Tensor(x)], Tensor(ref_W)[Tensor(x)], Tensor(y), beta)
+  loss.backward()
+  keep = y != IGNORE_INDEX
+  def logprobs(table):
+    log_p = np_log_softmax(table[x].astype(np.float64))
+    return (np.take_along_axis(log_p, np.where(keep, y, 0)[..., None], -1)[..., 0] * keep).sum(-1), log_p
+  (policy, log_p), (reference, _) = logprobs(W), logprobs(ref_W)
+  margin = beta * ((policy[:2] - reference[:2]) - (policy[2:] - reference[2:]))
+  assert loss.item() == pytest.approx(np.logaddexp(0, -margin).mean(), rel=1e-5)
+  # dL/dlogp of each row, then through log-softmax: keep * (onehot(y) - softmax), summed into W's rows by token
+  d_row = np.concatenate([[-1, 1][half] * beta * (1 - 1 / (1 + np.exp(-margin))) / 2 for half in (0, 1)])
+  d_logits = d_row[:, None, None] * keep[..., None] * (np.eye(V)[np.where(keep, y, 0)] - np.exp(log_p))
+  expected = np.zeros((V, V))
+  np.add.at(expected, x, d_logits)
+  np.testing.assert_allclose(weights.grad.numpy(), expected, atol=1e-5)
+  assert np.abs(d_logits[:, :3]).max() == 0 and np.abs(expected).max() > 1e-3
+
+
 def test_sft_on_a_few_conversations_teaches_their_answers():
   tokenizer = train_bpe([sample_text()], 300)
   qa = [("the cat?", "sat on a mat"), ("the dog?", "ran past"), ("a bird?", "sang"), ("café?", "naïve 🙂")]
@@ -49,7 +77,7 @@ def test_sft_on_a_few_conversations_teaches_their_answers():
   settings = TrainSettings(steps=150, batch_size=8, lr=1e-2, warmup=10, eval_every=1000, seed=0)
   trainer = Trainer(model, data, settings, adamw(nn.state.get_parameters(model), 1e-2, 0.0))
   for _ in range(settings.steps): trainer.train_step()
-  answers = dict(sample_answers(model, tokenizer, data, n=len(qa)))
+  answers = dict(sample_answers(model, tokenizer, data.val, n=len(qa)))
   assert sorted(answers.values()) == sorted(a for _, a in qa), answers
 
 
@@ -61,6 +89,11 @@ def test_distillation_needs_a_shared_tokenizer(tmp_path):
     tok.save(str(tmp_path / name / checkpoint.TOKENIZER_NAME))
   cfg = DistillConfig(out=str(tmp_path / "out"), train=TrainSettings(), size="tiny", teacher=str(tmp_path / "teacher"), init=str(tmp_path / "student"))
   with pytest.raises(UserError, match="must share one"): prepare_distill(cfg, workers=1)
+
+
+def export_main(args):
+  from aurora_tg.cli.export import main
+  return run_main(main, args)
 
 
 def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
@@ -91,6 +124,72 @@ def test_sft_lora_and_distill_stages_end_to_end(finished_run, tmp_path):
   assert len(val) == 2 and val[1] < val[0] - 0.1, val  # distillation lowered the student's loss (steps 0 and 3)
   missing = train("--stage", "sft", "--out", tmp_path / "x")
   assert missing.returncode == 2 and "needs --init" in missing.stderr
+
+
+def write_pairs(path, n=30):
+  """TRL-format preference pairs on the fixture corpus's words, one answer preferred."""
+  pairs = [{"prompt": f"the cat {i}?", "chosen": "sat on a mat", "rejected": "ran past a bird"} for i in range(n)]
+  path.write_text("\n".join(json.dumps(p) for p in pairs), encoding="utf-8")
+  return path
+
+
+def test_qlora_adapter_and_dpo_runs_train_save_chat_and_serve(finished_run, tmp_path):
+  base = finished_run[0]
+  short = ["--steps", "3", "--eval-every", "3", "--batch-size", "4", "--lr", "0.01"]
+  qlora_run = train("--stage", "lora", "--init", base, "--base-quantize", "nf4", "--out", tmp_path / "qlora", *short, check_code=0)
+  assert "Q: " in qlora_run.stdout
+  assert checkpoint.read_record(tmp_path / "qlora").run.base_quantize == "nf4"
+  assert_lora_run_is_its_base_plus_its_adapters(base, tmp_path / "qlora")  # merged into the float base, and chats
+  adapter_run = train("--stage", "adapter", "--init", base, "--adapter-size", "16", "--out", tmp_path / "adapter", *short, check_code=0)
+  assert "Q: " in adapter_run.stdout
+  saved = read_safetensors_numpy(tmp_path / "adapter" / checkpoint.CHECKPOINT_NAME)
+  assert {k for k in saved if k.startswith("model.")} == {f"model.h.{i}.adapter_{where}.{layer}.{kind}" for i in range(2)
+                                                        for where in ("attn", "mlp") for layer in ("down", "up") for kind in ("weight", "bias")}
+  model, tokenizer, _ = checkpoint.load_model(tmp_path / "adapter")
+  question = [{"role": "user", "content": "the cat?"}]
+  answer = chat("--checkpoint", tmp_path / "adapter", "--temperature", "0", "--repetition-penalty", "1", "--max-tokens", "8", "-p", "the cat?")
+  assert answer.returncode == 0 and answer.stdout == greedy_answer(model, tokenizer, question, max_tokens=8) + "\n", answer.stderr
+  refused = export_main([str(tmp_path / "adapter"), str(tmp_path / "hf")])
+  assert refused.returncode == 2 and refused.stderr.count("error:") == 1 and "adapter layers" in refused.stderr, refused.stderr
+  exported = export_main([str(tmp_path / "adapter"), str(tmp_path / "int8"), "--quantize", "int8"])
+  assert exported.returncode == 0, exported.stderr
+  int8_answer = chat("--checkpoint", tmp_path / "int8", "--temperature", "0", "--max-tokens", "8", "-p", "the cat?")
+  assert int8_answer.returncode == 0 and int8_answer.stdout.strip(), int8_answer.stderr
+  for run in ("qlora", "adapter"):
+    model, tokenizer, _ = checkpoint.load_model(tmp_path / run)
+    assert served_answer(tmp_path / run, "the cat?") == greedy_answer(model, tokenizer, question, max_tokens=8)
+  pairs = write_pairs(tmp_path / "pairs.jsonl")
+  dpo = train("--stage", "dpo", "--init", base, "--data", pairs, "--out", tmp_path / "dpo", *short, check_code=0)
+  assert "held-out pairs: reward accuracy" in dpo.stdout and "Q: " in dpo.stdout
+  dpo_lora = train("--stage", "dpo", "--init", base, "--data", pairs, "--lora-rank", "4", "--out", tmp_path / "dpo-lora", *short, check_code=0)
+  assert "held-out pairs: reward accuracy" in dpo_lora.stdout
+  saved = read_safetensors_numpy(tmp_path / "dpo-lora" / checkpoint.CHECKPOINT_NAME)
+  assert saved and all(".lora_" in k for k in saved if k.startswith("model."))
+  for run in ("dpo", "dpo-lora"):
+    answer = chat("--checkpoint", tmp_path / run, "--temperature", "0", "--max-tokens", "5", "-p", "the cat?")
+    assert answer.returncode == 0 and answer.stdout.strip(), answer.stderr
+
+
+def served_answer(run, question: str) -> str:
+  """The greedy answer of `python chat.py --serve --checkpoint RUN` to one question, through the openai client."""
+  openai = pytest.importorskip("openai")
+  pytest.importorskip("fastapi")
+  from test_server import free_port
+  port = free_port()
+  proc = subprocess.Popen([sys.executable, "chat.py", "--serve", "--checkpoint", str(run), "--port", str(port), "--temperature", "0",
+                           "--repetition-penalty", "1", "--max-tokens", "8"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    lines = []
+    for line in proc.stdout:
+      lines.append(line)
+      if line.startswith("serving"): break
+    assert proc.poll() is None, "".join(lines)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+    reply = client.chat.completions.create(model=run.name, messages=[{"role": "user", "content": question}], temperature=0)
+    return reply.choices[0].message.content
+  finally:
+    proc.terminate()
+    proc.wait(timeout=30)
 
 
 def assert_lora_run_is_its_base_plus_its_adapters(base, lora_run):
@@ -143,6 +242,6 @@ def test_samples_are_distinct_held_out_questions():
   model = GPT(GPTConfig(**{**TEST_SHAPE, "vocab_size": tokenizer.n_vocab, "block_size": 64}))
   data = ChatData(default_conversations(), tokenizer, 64)
   held_out = [tokenizer.decode([t for t, m in zip(ids, targets) if m == IGNORE_INDEX and t < tokenizer.eot]) for ids, targets in data.val]
-  questions = [q for q, _ in sample_answers(model, tokenizer, data, n=3)]
+  questions = [q for q, _ in sample_answers(model, tokenizer, data.val, n=3)]
   assert len(set(q.lower() for q in questions)) == 3
   assert all(any(q in h for h in held_out) for q in questions)

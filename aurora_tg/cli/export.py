@@ -38,6 +38,13 @@ def check_calibration(args, gguf_out: bool):
     raise UserError(f"--calibration-tokens must be positive, got {args.calibration_tokens}")
 
 
+def refuse_adapter_layers(path: str, record, layout: str):
+  if record.stage == "adapter":
+    raise UserError(f"{path} has adapter layers, which {layout} has no place for (they are extra layers, not a change of "
+                    "weights); export it with --quantize into an Aurora checkpoint, or fine-tune with --stage lora, whose "
+                    "adapters merge into the weights")
+
+
 def parser(prog: str = "aurora export") -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog=prog, description="Export an Aurora model as a Hugging Face GPT-2 folder or a GGUF file.")
   p.add_argument("checkpoint", help="an Aurora run folder or checkpoint file (LoRA runs are merged into their base)")
@@ -65,6 +72,7 @@ def export_command(args) -> int:
     from aurora_tg.formats import gguf
     gguf.weight_types(args.quantize)  # a bad kind is refused before the model loads
     model, tokenizer, record = load_model(args.checkpoint)
+    refuse_adapter_layers(args.checkpoint, record, "a GGUF file")
     if record.quantized: raise UserError(f"{args.checkpoint} holds {record.quantized} weights; export a GGUF from the float checkpoint it came from")
     counts = gguf.save(model, tokenizer, args.out, args.quantize, name=Path(args.checkpoint).name)
     layout = "GGUF for llama.cpp, " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + " tensors"
@@ -78,6 +86,7 @@ def export_command(args) -> int:
       checkpoint.save_quantized(args.out, model, tokenizer, record, args.quantize)
       layout = f"Aurora checkpoint, {args.quantize} weights"
     else:
+      refuse_adapter_layers(args.checkpoint, record, "GPT-2's layout")
       huggingface.save(model, args.out, tokenizer)
       layout = "GPT-2 layout"
   cfg = model.cfg

@@ -20,7 +20,7 @@ from aurora_tg.inference.conversation import stop_tokens, stream_text
 from aurora_tg.inference.sampling import Sampling
 from aurora_tg.tools.metrics import RunLog, new_wandb_id, require_wandb
 from aurora_tg.model import GPT, IGNORE_INDEX, PRESETS, num_params
-from aurora_tg.data.chat_data import ChatData
+from aurora_tg.data.preference_data import PreferenceData
 from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.trainer import Trainer, NonFinite, build_optimizer
 
@@ -112,7 +112,9 @@ def train_stage(cfg: StageConfig, resume: bool, device: str, workers: int = 0) -
     trainer.restore(optim_state, saved)
   run_dir.mkdir(parents=True, exist_ok=True)
   tokenizer.save(str(run_dir / checkpoint.TOKENIZER_NAME))
-  if cfg.eval_hellaswag_every: trainer.extra_eval = hellaswag_during_training(trainer.model, tokenizer, cfg.eval_hellaswag_every)
+  if cfg.eval_hellaswag_every:
+    stage_eval, hellaswag = trainer.extra_eval, hellaswag_during_training(trainer.model, tokenizer, cfg.eval_hellaswag_every)
+    trainer.extra_eval = lambda step: stage_eval(step) | hellaswag(step)
   print_header(cfg, trainer, data, device, saved is not None)
   log = RunLog(run_dir, trainer.step, wandb_project=cfg.wandb, wandb_id=record.wandb_id, wandb_config=cfg.to_dict(run_dir))
   start = time.perf_counter()
@@ -130,11 +132,13 @@ def train_stage(cfg: StageConfig, resume: bool, device: str, workers: int = 0) -
     print(f"{outcome} at step {trainer.step}: saved {ckpt_path}; continue with --resume --out {run_dir}")
     return 130 if outcome == "interrupted" else 143  # the shell's codes for SIGINT and SIGTERM
   print(f"trained in {time.perf_counter() - start:.0f}s | checkpoint: {ckpt_path}")
-  if cfg.stage in ("sft", "lora"):
+  if cfg.stage in config.CHAT_STAGES:
     # a run resumed when already finished trains no step, so it has not evaluated yet
-    print(f"held-out assistant-token loss: {trainer.last_val_loss or trainer.evaluate():.4f}")
-    if cfg.stage == "lora": lora.merge_adapters(trainer.model)
-    for question, answer in sample_answers(trainer.model, tokenizer, data): print(f"  Q: {question}\n  A: {answer}")
+    if isinstance(data, PreferenceData): print(preference_summary(trainer.extra_eval(trainer.step)))
+    else: print(f"held-out assistant-token loss: {trainer.last_val_loss or trainer.evaluate():.4f}")
+    lora.merge_adapters(trainer.model)
+    rows = [chosen for chosen, _ in data.val] if isinstance(data, PreferenceData) else data.val
+    for question, answer in sample_answers(trainer.model, tokenizer, rows): print(f"  Q: {question}\n  A: {answer}")
     print(f"talk to it: python chat.py --checkpoint {run_dir}")
   else: print_sample(trainer.model, tokenizer, cfg.train.seed)
   return 0
@@ -165,7 +169,7 @@ def print_header(cfg: StageConfig, trainer: Trainer, data, device: str, resumed:
 
 def size(data) -> str:
   if isinstance(data, TokenData): return f"{data.train_tokens:,} train / {data.val_tokens:,} val tokens" + (", sequential" if data.order == "sequential" else "")
-  return f"{len(data.train):,} train / {len(data.val):,} val conversations"
+  return f"{len(data.train):,} train / {len(data.val):,} val {'pairs' if isinstance(data, PreferenceData) else 'conversations'}"
 
 
 def print_sample(model: GPT, tokenizer: Tokenizer, seed: int):
@@ -175,11 +179,16 @@ def print_sample(model: GPT, tokenizer: Tokenizer, seed: int):
   print(f"sample: {prompt}{tokenizer.decode(ids)}")
 
 
-def sample_answers(model: GPT, tokenizer: Tokenizer, data: ChatData, n: int = 3) -> list[tuple[str, str]]:
-  """Greedy answers to n distinct held-out questions, spread over the held-out set (which repeats some, such as the
-  oversampled small talk), stopping where chat.py stops."""
+def preference_summary(figures: dict[str, float]) -> str:
+  return (f"held-out pairs: reward accuracy {figures['reward_acc']:.1%} | reward margin {figures['reward_margin']:.3f} | "
+          f"DPO loss {figures['dpo_loss']:.4f} | chosen answers' token loss {figures['chosen_loss']:.4f}")
+
+
+def sample_answers(model: GPT, tokenizer: Tokenizer, rows: list[tuple[list[int], list[int]]], n: int = 3) -> list[tuple[str, str]]:
+  """Greedy answers to n distinct questions of held-out rows ((ids, targets), as ChatData holds them), spread over
+  them (the held-out set repeats some, such as the oversampled small talk), stopping where chat.py stops."""
   prompts, user = {}, tokenizer.special("<|user|>")
-  for ids, targets in data.val:
+  for ids, targets in rows:
     prompt_len = next(i for i, t in enumerate(targets) if t != IGNORE_INDEX)
     asked = max(i for i, t in enumerate(ids[:prompt_len]) if t == user) + 1
     question = tokenizer.decode([t for t in ids[asked:prompt_len] if t < tokenizer.eot]).strip()  # without role tokens
@@ -196,7 +205,8 @@ def given_flags(argv=None, prog: str = "aurora train") -> dict:
   then one flag per config field that has one (config.option), with its help, type and choices."""
   p = argparse.ArgumentParser(prog=prog, description="Train an Aurora GPT model. Without --stage (and --data): pretrain, then "
                                                      "chat fine-tune on conversations built from Python's documentation.")
-  p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora, distill")
+  p.add_argument("--stage", help="run one stage: pretrain, sft (chat fine-tuning), lora (and QLoRA), adapter (adapter "
+                                 "layers), dpo (preference tuning), distill")
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
   p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint, with its own settings")
   p.add_argument("--workers", type=int, help="processes that tokenize --data the first time (default: one per core)")

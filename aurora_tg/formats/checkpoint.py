@@ -4,7 +4,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from tinygrad import Tensor
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import UserError, config, lora
+from aurora_tg import UserError, adapters, config, lora
 from aurora_tg.backends import devices
 from aurora_tg.formats import huggingface as hf
 from aurora_tg.data import hub
@@ -24,7 +24,7 @@ FORMAT_VERSION = 3  # 1: the untyped dict of Aurora 0.1 (no "version" key), read
 @dataclass(frozen=True)
 class RunRecord:
   """What a checkpoint says of its run: enough to load the model, resume the run and trace where it came from."""
-  stage: str                       # pretrain, sft, lora, distill; "gpt2" for a model imported from Hugging Face
+  stage: str                       # pretrain, sft, lora, adapter, dpo, distill; "gpt2" for a model imported from Hugging Face
   model: GPTConfig
   tokenizer: str                   # fingerprint of the tokenizer.json that must lie beside the checkpoint
   run: StageConfig | None = None   # the resolved stage config: settings and lineage; None for imported models
@@ -39,9 +39,10 @@ class RunRecord:
 
   @property
   def lineage(self) -> dict[str, str]:
-    """The checkpoints this run started from: init (for LoRA also the base it needs) and the distillation teacher."""
+    """The checkpoints this run started from: init (for a run that saves adapters alone, also the base it needs) and
+    the distillation teacher."""
     out = {k: getattr(self.run, k) for k in ("init", "teacher") if getattr(self.run, k, None)}
-    return out | ({"base": out["init"]} if self.stage == "lora" else {})
+    return out | ({"base": out["init"]} if self.run is not None and self.run.adapters_only else {})
 
   def to_json(self, run_dir: str | Path) -> str:
     return json.dumps({"version": self.version, "stage": self.stage, "model": self.model.to_dict(), "tokenizer": self.tokenizer,
@@ -199,7 +200,7 @@ def saved_tokenizer(path: str | Path, record: RunRecord) -> Tokenizer:
 def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   """A float model with the tokenizer saved beside its checkpoint, and the run record. A Hugging Face GPT-2 folder
   comes with GPT-2's tokenizer (or the one an Aurora export left), its vocabulary grown to hold the chat tokens; a
-  LoRA run's adapters are folded into its base. Quantized exports are for inference (aurora_tg/inference/loading.py)."""
+  LoRA run's adapters are folded into its base; an adapter-layer run's are added to its base. Quantized exports are for inference (aurora_tg/inference/loading.py)."""
   path = locate(path)
   if hf.is_hf_folder(path):
     spec = Path(path) / hf.TOKENIZER_NAME
@@ -210,11 +211,15 @@ def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
   tokenizer = saved_tokenizer(path, record)
   if record.quantized:
     raise UserError(f"{path} holds {record.quantized} weights for inference only; start from the float checkpoint it came from")
-  if record.stage == "lora":  # an adapter file: load its base, add the adapters, fold them in
+  if "base" in record.lineage:  # an adapter file: load its base, add the adapters (LoRA's fold into it)
     model, _, _ = load_model(record.lineage["base"])
-    lora.add_adapters(model, record.run.lora)
-    copy_into(lora.adapter_state(model), weights, "LoRA adapters")
-    lora.merge_adapters(model)
+    if getattr(record.run, "lora", None):
+      lora.add_adapters(model, record.run.lora)
+      copy_into(lora.adapter_state(model), weights, "LoRA adapters")
+      lora.merge_adapters(model)
+    else:
+      adapters.add_adapters(model, record.run.adapter_size)
+      copy_into(adapters.adapter_state(model), weights, "adapter layers")
     return model, tokenizer, record
   model = GPT(record.model)
   copy_into(get_state_dict(model), weights, "model weights")

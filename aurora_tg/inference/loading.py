@@ -2,7 +2,7 @@
 quantized as they load when asked."""
 from pathlib import Path
 from tinygrad.nn.state import get_state_dict
-from aurora_tg import UserError
+from aurora_tg import UserError, adapters
 from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.formats import checkpoint, huggingface
 from aurora_tg.formats.checkpoint import RunRecord
@@ -21,6 +21,7 @@ def load_model(path: str | Path, quantized: str | None = None) -> tuple[GPT, Tok
     return (quantize(model, quantized) if quantized else model), tokenizer, record
   if quantized not in (None, saved.quantized): raise UserError(f"{path} is already quantized to {saved.quantized}; it cannot become {quantized}")
   weights, _, record = checkpoint.load(path)
-  model = quantize(GPT(record.model), record.quantized)  # adapters were folded in before the export
+  model = quantize(GPT(record.model), record.quantized)  # LoRA's adapters were folded in before the export
+  if record.stage == "adapter": adapters.add_adapters(model, record.run.adapter_size)  # adapter layers stay float32
   checkpoint.copy_into(get_state_dict(model), weights, "quantized model weights")
   return model, checkpoint.saved_tokenizer(path, record), record

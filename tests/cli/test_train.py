@@ -174,13 +174,30 @@ def test_resume_takes_every_setting_from_the_record(monkeypatch, tmp_path, text_
   assert (record.run.train.grad_accum, record.run.train.optimizer, record.run.train.seed) == (2, "muon", 3)
 
 
-@pytest.mark.parametrize("stage", ["sft", "lora", "distill"])
-def test_fine_tuning_stages_resume_from_their_record(stage, monkeypatch, finished_run, tmp_path):
+FINE_TUNING_RUNS = {"sft": ["--stage", "sft", "--freeze", "1"], "lora": ["--stage", "lora", "--lora-rank", "4", "--lora-targets", "c_attn,c_fc"],
+                    "qlora": ["--stage", "lora", "--base-quantize", "nf4"], "adapter": ["--stage", "adapter", "--adapter-size", "8"],
+                    "dpo": ["--stage", "dpo"], "distill": ["--stage", "distill"]}
+
+
+@pytest.mark.parametrize("run", FINE_TUNING_RUNS)
+def test_fine_tuning_stages_resume_from_their_record(run, monkeypatch, finished_run, tmp_path):
   base, corpus, _ = finished_run
-  start = ["--teacher", base, "--data", corpus] if stage == "distill" else ["--init", base, "--freeze", "1"] if stage == "sft" else \
-          ["--init", base, "--lora-rank", "4", "--lora-targets", "c_attn,c_fc"]
-  assert_resume_equals_uninterrupted(monkeypatch, tmp_path, "--stage", stage, *start, "--steps", "4", "--eval-every", "3",
+  start = ["--teacher", base, "--data", corpus] if run == "distill" else ["--init", base]
+  assert_resume_equals_uninterrupted(monkeypatch, tmp_path, *FINE_TUNING_RUNS[run], *start, "--steps", "4", "--eval-every", "3",
                                      "--batch-size", "2", "--lr", "0.004")
+
+
+def test_bad_fine_tuning_flags_are_one_error_line(finished_run, tmp_path):
+  base = finished_run[0]
+  assert_one_line_error(train("--stage", "sft", "--init", base, "--dpo-beta", "0.2", "--out", tmp_path / "o"),
+                        "--dpo-beta applies to --stage dpo, not to sft")
+  assert_one_line_error(train("--stage", "dpo", "--init", base, "--base-quantize", "nf4", "--out", tmp_path / "o"),
+                        "--base-quantize is for a frozen base: give --lora-rank too")
+  assert_one_line_error(train("--stage", "dpo", "--init", base, "--dpo-beta", "0", "--out", tmp_path / "o"), "--dpo-beta must be positive")
+  assert_one_line_error(train("--stage", "adapter", "--init", base, "--adapter-size", "0", "--out", tmp_path / "o"), "--adapter-size must be at least 1")
+  unknown = train("--stage", "lora", "--init", base, "--base-quantize", "nf3", "--out", tmp_path / "o")
+  usage_error = [l for l in unknown.stderr.splitlines() if "error:" in l]
+  assert unknown.returncode == 2 and len(usage_error) == 1 and "argument --base-quantize: invalid choice: 'nf3'" in usage_error[0]
 
 
 def test_resume_refuses_flags_that_contradict_the_record_but_may_go_longer(finished_run, tmp_path):
