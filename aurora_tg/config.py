@@ -235,6 +235,8 @@ class DPOConfig(LoRAOptions, StageConfig):
   stage = "dpo"
   init: str = option(help=INIT_HELP + "; dpo: also the frozen reference")
   dpo_beta: float = option(0.1, help="DPO's beta: how far from the reference the rewards let the model go (default 0.1)")
+  rpo_alpha: float = option(0.0, help="weight of the chosen answers' token loss added to DPO's (RPO; TRL's rpo_alpha), which "
+                            "keeps their likelihood from falling (default 0: DPO alone)")
   lora_rank: int = option(0, help=LORA_RANK_HELP)
 
 
@@ -412,6 +414,7 @@ def validate(cfg: StageConfig):
     if unknown: raise UserError(f"unknown --lora-targets {','.join(unknown)}; choose from {','.join(PROJECTIONS)}")
   if isinstance(cfg, AdapterStageConfig) and cfg.adapter_size < 1: raise UserError(f"--adapter-size must be at least 1, got {cfg.adapter_size}")
   if isinstance(cfg, DPOConfig) and not cfg.dpo_beta > 0: raise UserError(f"--dpo-beta must be positive, got {cfg.dpo_beta}")
+  if isinstance(cfg, DPOConfig) and not cfg.rpo_alpha >= 0: raise UserError(f"--rpo-alpha must be 0 or more, got {cfg.rpo_alpha}")
   if isinstance(cfg, DistillConfig):
     if not 0 <= cfg.distill_alpha <= 1: raise UserError(f"--distill-alpha must be in [0, 1], got {cfg.distill_alpha}")
     if not cfg.distill_temperature > 0: raise UserError(f"--distill-temperature must be positive, got {cfg.distill_temperature}")

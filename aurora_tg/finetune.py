@@ -40,10 +40,15 @@ def dpo_rewards(policy_logits: Tensor, reference_logits: Tensor, targets: Tensor
   return rewards.chunk(2)
 
 
-def dpo_loss(policy_logits: Tensor, reference_logits: Tensor, targets: Tensor, beta: float) -> Tensor:
-  """Direct Preference Optimization (Rafailov et al. 2023): -log sigmoid(chosen reward - rejected reward), over pairs."""
+def dpo_loss(policy_logits: Tensor, reference_logits: Tensor, targets: Tensor, beta: float, rpo_alpha: float = 0.0) -> Tensor:
+  """Direct Preference Optimization (Rafailov et al. 2023): -log sigmoid(chosen reward - rejected reward), over pairs;
+  plus rpo_alpha times the chosen answers' mean token loss (RPO, Pang et al. 2024; Llama 3 adds it too), which keeps
+  DPO from lowering the likelihood of the answers it prefers along with the others'."""
   chosen, rejected = dpo_rewards(policy_logits, reference_logits, targets, beta)
-  return -(chosen - rejected).logsigmoid().mean()
+  loss = -(chosen - rejected).logsigmoid().mean()
+  if not rpo_alpha: return loss
+  half = policy_logits.shape[0] // 2
+  return loss + rpo_alpha * cross_entropy(policy_logits[:half], targets[:half])
 
 
 def frozen_below(model: GPT, n_blocks: int) -> list[Tensor]:
@@ -84,7 +89,7 @@ def prepare_dpo(cfg: DPOConfig, model: GPT, tokenizer: Tokenizer) -> tuple[Train
   if cfg.lora and cfg.base_quantize: qlora.quantize_base(reference, cfg.base_quantize)
   pairs = read_pairs(cfg.data, warn=lambda line: print(f"warning: {line}")) if cfg.data else default_pairs()
   data = PreferenceData(pairs, tokenizer, model.cfg.block_size)
-  loss = lambda x, y: dpo_loss(model(x), reference(x), y, cfg.dpo_beta)
+  loss = lambda x, y: dpo_loss(model(x), reference(x), y, cfg.dpo_beta, cfg.rpo_alpha)
   optimizer, saved_state = trained_part(cfg, model)
   trainer = Trainer(model, data, cfg.train, optimizer, loss=loss, saved_state=saved_state)
   if cfg.train.devices:  # the reference's copy on every device, as the trainer's replicas of the model

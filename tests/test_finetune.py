@@ -38,9 +38,11 @@ def test_distillation_loss_matches_numpy_and_is_zero_kl_for_the_teacher_itself()
   assert distillation_loss(Tensor(s), Tensor(s), Tensor(y), alpha=1.0, temperature=2.0).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_dpo_loss_and_its_gradient_match_numpy_with_prompt_tokens_masked_out():
+@pytest.mark.parametrize("rpo_alpha", [0.0, 0.5])
+def test_dpo_loss_and_its_gradient_match_numpy_with_prompt_tokens_masked_out(rpo_alpha):
   """On a bigram model (logits = W[token]): the loss and dL/dW in numpy, from the closed form of log-softmax's
-  gradient, with the prompt's targets IGNORE_INDEX: they must add nothing to either."""
+  gradient, with the prompt's targets IGNORE_INDEX: they must add nothing to either. With rpo_alpha, plus that
+  weight of the chosen answers' mean token loss."""
   rng, V, beta = np.random.default_rng(0), 11, 0.3
   W, ref_W = (rng.standard_normal((V, V)).astype(np.float32) for _ in range(2))
   x, y = rng.integers(0, V, size=(4, 6)), rng.integers(0, V, size=(4, 6))
@@ -48,7 +50,7 @@ def test_dpo_loss_and_its_gradient_match_numpy_with_prompt_tokens_masked_out():
   y[1, 5] = IGNORE_INDEX   # padding past an answer
   weights = Tensor(W)
   weights.requires_grad = True
-  loss = dpo_loss(weights[Tensor(x)], Tensor(ref_W)[Tensor(x)], Tensor(y), beta)
+  loss = dpo_loss(weights[Tensor(x)], Tensor(ref_W)[Tensor(x)], Tensor(y), beta, rpo_alpha)
   loss.backward()
   keep = y != IGNORE_INDEX
   def logprobs(table):
@@ -56,9 +58,11 @@ def test_dpo_loss_and_its_gradient_match_numpy_with_prompt_tokens_masked_out():
     return (np.take_along_axis(log_p, np.where(keep, y, 0)[..., None], -1)[..., 0] * keep).sum(-1), log_p
   (policy, log_p), (reference, _) = logprobs(W), logprobs(ref_W)
   margin = beta * ((policy[:2] - reference[:2]) - (policy[2:] - reference[2:]))
-  assert loss.item() == pytest.approx(np.logaddexp(0, -margin).mean(), rel=1e-5)
+  chosen_tokens = keep[:2].sum()
+  assert loss.item() == pytest.approx(np.logaddexp(0, -margin).mean() - rpo_alpha * policy[:2].sum() / chosen_tokens, rel=1e-5)
   # dL/dlogp of each row, then through log-softmax: keep * (onehot(y) - softmax), summed into W's rows by token
   d_row = np.concatenate([[-1, 1][half] * beta * (1 - 1 / (1 + np.exp(-margin))) / 2 for half in (0, 1)])
+  d_row[:2] -= rpo_alpha / chosen_tokens
   d_logits = d_row[:, None, None] * keep[..., None] * (np.eye(V)[np.where(keep, y, 0)] - np.exp(log_p))
   expected = np.zeros((V, V))
   np.add.at(expected, x, d_logits)

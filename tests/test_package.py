@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "aurora_tg"
-CORE = ("model", "optim", "trainer", "finetune", "lora", "config")
+CORE = ("model", "optim", "trainer", "finetune", "lora", "qlora", "adapters", "config")
 LAUNCHERS = ("prepare", "export", "eval", "plot")  # `python -m aurora_tg.X` kept working: each only runs cli/X.py
 ABOVE_THE_CORE = ("aurora_tg.inference", "aurora_tg.cli")
 

@@ -40,18 +40,24 @@ def topic_summary(text: str) -> str:
   return first_sentences(" ".join(lines[1:] if len(lines) > 1 else lines))
 
 
-def default_conversations() -> list[list[dict]]:
-  """Questions about Python answered from its own documentation, plus small talk; no download needed."""
+def default_questions() -> list[tuple[str, str, str]]:
+  """(question, answer, kind) about Python, answered from its own documentation, plus small talk: kind is "small
+  talk", "statement" (a pydoc topic) or "module" (a standard module's docstring)."""
   from pydoc_data.topics import topics
-  pairs = [(q, answer) for questions, answer in SMALL_TALK for q in questions] * 8  # few but essential: oversampled
+  qa = [(q, answer, "small talk") for questions, answer in SMALL_TALK for q in questions] * 8  # few but essential: oversampled
   for key in sorted(topics):
     if key.isidentifier() and (summary := topic_summary(topics[key])):
-      pairs += [(q.format(k=key), summary) for q in TOPIC_QUESTIONS]
+      qa += [(q.format(k=key), summary, "statement") for q in TOPIC_QUESTIONS]
   for name, module in stdlib_modules():
     if len(doc := (module.__doc__ or "").strip()) > 20:
-      pairs += [(q.format(k=name), f"The {name} module: {first_sentences(doc)}") for q in MODULE_QUESTIONS]
+      qa += [(q.format(k=name), f"The {name} module: {first_sentences(doc)}", "module") for q in MODULE_QUESTIONS]
+  return qa
+
+
+def default_conversations() -> list[list[dict]]:
+  """default_questions() as conversations, half with the system prompt; no download needed."""
   conversations = []
-  for i, (question, answer) in enumerate(pairs):
+  for i, (question, answer, _) in enumerate(default_questions()):
     turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
     conversations.append(([{"role": "system", "content": SYSTEM_PROMPT}] if i % 2 else []) + turns)  # with and without
   return conversations

@@ -4,7 +4,7 @@ rejected answers in the same row of two halves, with loss targets on the answers
 import hashlib, json, re
 import numpy as np
 from aurora_tg import UserError
-from aurora_tg.data.chat_data import default_conversations, validate
+from aurora_tg.data.chat_data import default_conversations, default_questions, validate
 from aurora_tg.data.sources import records
 from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.model import IGNORE_INDEX
@@ -13,17 +13,17 @@ from aurora_tg.model import IGNORE_INDEX
 Pair = tuple[list[dict], str, str]
 
 
-def default_pairs(seed: int = 0) -> list[Pair]:
-  """Each default conversation's answer preferred over the answer to another question, drawn at random: a model that
-  prefers answers on topic learns it from these with no download."""
-  conversations = default_conversations()
-  order = np.random.default_rng(seed).permutation(len(conversations))
-  pairs = []
-  for conversation, other in zip(conversations, order):
-    answer = conversation[-1]["content"]
-    # a draw that answers the same (the small talk repeats) moves on to the next conversation with another answer
-    while conversations[other][-1]["content"] == answer: other = (other + 1) % len(conversations)
-    pairs.append((conversation[:-1], answer, conversations[other][-1]["content"]))
+def default_pairs(rejected_per_answer: int = 4, seed: int = 0) -> list[Pair]:
+  """Each default conversation's answer preferred over answers of another kind (small talk, a statement's
+  explanation, a module's summary) drawn at random: an assistant that answers what was asked. (Against answers of
+  the same kind, one module's summary against another's, the default small model learns too little to tell them
+  apart: docs/finetuning.md.)"""
+  conversations, kinds = default_conversations(), [kind for _, _, kind in default_questions()]
+  rng, pairs = np.random.default_rng(seed), []
+  for conversation, kind in zip(conversations, kinds):
+    for other in rng.integers(0, len(conversations), size=rejected_per_answer):
+      while kinds[other] == kind: other = (other + 1) % len(conversations)  # the next of another kind
+      pairs.append((conversation[:-1], conversation[-1]["content"], conversations[other][-1]["content"]))
   return pairs
 
 
@@ -97,13 +97,14 @@ def answer_row(tokenizer: Tokenizer, prompt: list[dict], answer: str, block_size
 
 class PreferenceData:
   """Rendered pairs. batch() gives 2n rows: the chosen answers of n pairs, then their rejected answers in the same
-  order. Every 20th pair (by content hash) is held out."""
+  order. Every 20th conversation (by a hash of the prompt and the chosen answer) is held out with all its pairs, so
+  no held-out answer is learnt as a chosen one to the same question."""
   def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, block_size: int):
     self.block_size, self.pad, rows = block_size, tokenizer.eot, {"train": [], "val": []}
     for prompt, chosen, rejected in pairs:
       row = tuple(answer_row(tokenizer, prompt, answer, block_size) for answer in (chosen, rejected))
       if any(all(t == IGNORE_INDEX for t in targets[1:]) for _, targets in row): continue  # an answer starts past the context
-      held_out = int(hashlib.sha256(json.dumps([prompt, chosen, rejected]).encode()).hexdigest(), 16) % 20 == 0
+      held_out = int(hashlib.sha256(json.dumps([prompt, chosen]).encode()).hexdigest(), 16) % 20 == 0
       rows["val" if held_out else "train"].append(row)
     if not rows["train"]: raise UserError("no preference pair fits the context with room for both answers")
     self.train, self.val = rows["train"], rows["val"] or rows["train"][:1]

@@ -62,8 +62,11 @@ def test_rows_target_only_the_answers_tokens_with_chosen_then_rejected():
     assert list(x[row, :n]) == (ids[:-1] if row < 2 else ids[:-len(answer)] + rejected[:-1])
 
 
-def test_default_pairs_prefer_each_answer_over_another_questions():
+def test_default_pairs_prefer_each_answer_over_answers_of_another_kind():
+  from aurora_tg.data.chat_data import default_questions
+  kind_of = {answer: kind for _, answer, kind in default_questions()}
   pairs = default_pairs()
-  assert len(pairs) > 500 and all(chosen != rejected for _, chosen, rejected in pairs)
-  assert len({rejected for _, _, rejected in pairs}) > 200  # drawn across the topics, not one fixed answer
+  assert len(pairs) == 4 * len(default_questions())
+  assert all(kind_of[chosen] != kind_of[rejected] for _, chosen, rejected in pairs)
+  assert len({rejected for _, _, rejected in pairs}) > 200  # drawn across the topics, not a few fixed answers
   assert default_pairs() == pairs  # the same pairs every run
