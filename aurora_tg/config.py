@@ -93,7 +93,7 @@ DEFAULTS: dict[str, dict] = {
   "sft":     dict(steps=300, lr=1e-3, grad_accum=1),
   "lora":    dict(steps=300, lr=3e-3, grad_accum=1),
   "adapter": dict(steps=300, lr=3e-3, grad_accum=1),
-  "dpo":     dict(steps=200, lr=1e-4, grad_accum=1),
+  "dpo":     dict(steps=200, lr=5e-5, grad_accum=1),
   "distill": dict(steps=500, lr=3e-3, grad_accum=1),
 }
 assert all(DEFAULTS[name].get("diagnostics") for name in MATRIX_OPTIMIZERS), "every matrix optimizer's row turns diagnostics on"
@@ -233,7 +233,7 @@ class AdapterStageConfig(StageConfig):
 @dataclass(frozen=True, kw_only=True)
 class DPOConfig(LoRAOptions, StageConfig):
   stage = "dpo"
-  init: str = option(help=INIT_HELP + "; dpo: also the frozen reference")
+  init: str = option(help=INIT_HELP)  # also the frozen reference
   dpo_beta: float = option(0.1, help="DPO's beta: how far from the reference the rewards let the model go (default 0.1)")
   rpo_alpha: float = option(0.0, help="weight of the chosen answers' token loss added to DPO's (RPO; TRL's rpo_alpha), which "
                             "keeps their likelihood from falling (default 0: DPO alone)")
