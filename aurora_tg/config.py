@@ -415,6 +415,8 @@ def validate(cfg: StageConfig):
   if isinstance(cfg, AdapterStageConfig) and cfg.adapter_size < 1: raise UserError(f"--adapter-size must be at least 1, got {cfg.adapter_size}")
   if isinstance(cfg, DPOConfig) and not cfg.dpo_beta > 0: raise UserError(f"--dpo-beta must be positive, got {cfg.dpo_beta}")
   if isinstance(cfg, DPOConfig) and not cfg.rpo_alpha >= 0: raise UserError(f"--rpo-alpha must be 0 or more, got {cfg.rpo_alpha}")
+  if isinstance(cfg, DPOConfig) and cfg.train.devices:  # tinygrad 0.14 fails to compile its step split over devices
+    raise UserError("--stage dpo trains on one device: drop --devices")
   if isinstance(cfg, DistillConfig):
     if not 0 <= cfg.distill_alpha <= 1: raise UserError(f"--distill-alpha must be in [0, 1], got {cfg.distill_alpha}")
     if not cfg.distill_temperature > 0: raise UserError(f"--distill-temperature must be positive, got {cfg.distill_temperature}")

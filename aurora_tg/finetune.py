@@ -92,8 +92,6 @@ def prepare_dpo(cfg: DPOConfig, model: GPT, tokenizer: Tokenizer) -> tuple[Train
   loss = lambda x, y: dpo_loss(model(x), reference(x), y, cfg.dpo_beta, cfg.rpo_alpha)
   optimizer, saved_state = trained_part(cfg, model)
   trainer = Trainer(model, data, cfg.train, optimizer, loss=loss, saved_state=saved_state)
-  if cfg.train.devices:  # the reference's copy on every device, as the trainer's replicas of the model
-    for p in nn.state.get_parameters(reference): p.shard_(cfg.train.devices).realize()
   trainer.extra_eval = preference_eval(model, reference, data, cfg.dpo_beta, cfg.train.batch_size, trainer.tensor)
   return trainer, tokenizer, data
 
@@ -109,16 +107,17 @@ def preference_eval(model: GPT, reference: GPT, data: PreferenceData, beta: floa
   chosen_tokens = sum(int((y[:batch_size] != IGNORE_INDEX).sum()) for _, y in batches[:-1])
   chosen_tokens += int((batches[-1][1][:batch_size - (len(order) - n)] != IGNORE_INDEX).sum())
 
-  def logprobs(net: GPT) -> tuple[np.ndarray, np.ndarray]:
-    step = TinyJit(lambda x, y: answer_logprobs(net(x), y).realize())
+  policy_step, reference_step = (TinyJit(lambda x, y, net=net: answer_logprobs(net(x), y).realize()) for net in (model, reference))
+
+  def logprobs(step) -> tuple[np.ndarray, np.ndarray]:
     rows = [step(to_tensor(x), to_tensor(y)).numpy() for x, y in batches]
     return (np.concatenate([r[:batch_size] for r in rows])[:n].astype(np.float64),
             np.concatenate([r[batch_size:] for r in rows])[:n].astype(np.float64))
 
   reference_logprobs = []
   def run(step: int) -> dict[str, float]:
-    if not reference_logprobs: reference_logprobs.extend(logprobs(reference))
-    (chosen, rejected), (ref_chosen, ref_rejected) = logprobs(model), reference_logprobs
+    if not reference_logprobs: reference_logprobs.extend(logprobs(reference_step))
+    (chosen, rejected), (ref_chosen, ref_rejected) = logprobs(policy_step), reference_logprobs
     margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
     return {"dpo_loss": float(np.logaddexp(0, -margin).mean()), "reward_acc": float((margin > 0).mean() + (margin == 0).mean() / 2),
             "reward_margin": float(margin.mean()), "chosen_loss": float(-chosen.sum() / chosen_tokens)}

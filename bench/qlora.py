@@ -73,7 +73,7 @@ def main():
   table = "\n".join(lines)
   print(table)
   device = os.environ.get("DEV", "default")
-  header = (f"# QLoRA against LoRA\n\n- Command: `python bench/{Path(__file__).name} {' '.join(sys.argv[1:])}`\n- Machine: {os.cpu_count()} "
+  header = (f"# QLoRA against LoRA\n\n- Command: `{' '.join(['python', f'bench/{Path(__file__).name}', *sys.argv[1:]])}`\n- Machine: {os.cpu_count()} "
             f"CPU cores ({platform.machine()}), tinygrad device {device}\n- Date: {date.today()}\n- Model: {args.init}, "
             f"{args.steps} LoRA steps each (the lora stage's defaults otherwise)\n\n")
   Path(args.out).write_text(header + table + "\n")

@@ -14,7 +14,7 @@ FLAG_VALUES = {"size": "tiny", "tokenizer": "gpt2", "norm": "rmsnorm", "pos": "r
                "init": "runs/x", "freeze": "1", "lora_rank": "4", "lora_alpha": "8", "lora_dropout": "0.1",
                "lora_targets": "c_fc", "teacher": "runs/t", "distill_alpha": "0.3", "distill_temperature": "3",
                "bpe_sample_mb": "5", "text_field": "body", "max_tokens": "1000", "data_order": "sequential",
-               "adapter_size": "16", "dpo_beta": "0.2", "base_quantize": "nf4"}
+               "adapter_size": "16", "dpo_beta": "0.2", "rpo_alpha": "0.5", "base_quantize": "nf4"}
 FOREIGN = [(stage, flag) for stage in STAGES for flag in sorted({f for fs in STAGE_FLAGS.values() for f in fs} - set(STAGE_FLAGS[stage]))]
 
 

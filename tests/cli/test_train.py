@@ -194,6 +194,7 @@ def test_bad_fine_tuning_flags_are_one_error_line(finished_run, tmp_path):
   assert_one_line_error(train("--stage", "dpo", "--init", base, "--base-quantize", "nf4", "--out", tmp_path / "o"),
                         "--base-quantize is for a frozen base: give --lora-rank too")
   assert_one_line_error(train("--stage", "dpo", "--init", base, "--dpo-beta", "0", "--out", tmp_path / "o"), "--dpo-beta must be positive")
+  assert_one_line_error(train("--stage", "dpo", "--init", base, "--devices", "2", "--out", tmp_path / "o"), "--stage dpo trains on one device")
   assert_one_line_error(train("--stage", "adapter", "--init", base, "--adapter-size", "0", "--out", tmp_path / "o"), "--adapter-size must be at least 1")
   unknown = train("--stage", "lora", "--init", base, "--base-quantize", "nf3", "--out", tmp_path / "o")
   usage_error = [l for l in unknown.stderr.splitlines() if "error:" in l]
