@@ -5,6 +5,7 @@ as trained and once the adapters are merged into the float base (what chat.py lo
 
   python bench/qlora.py                           # --init runs/small (python train.py's pretrained model), 300 steps
   python bench/qlora.py --init runs/small-sft --steps 100 --kinds float32,nf4
+  python bench/qlora.py --memory gpt2       # a GPT-2-shaped step's memory, compiled on tinygrad's NULL device
 
 Each run goes in a process of its own, one after another, so each memory figure is that run's alone. Results go to
 bench/results/qlora.md with the command, machine and date."""
@@ -45,16 +46,63 @@ def one_run(init: str, kind: str, steps: int) -> dict:
               loss=trained_loss, merged_loss=merged_loss, steps=steps)
 
 
+def step_memory(preset: str, kind: str) -> dict:
+  """The memory one jitted LoRA step holds at a preset's shape (random weights, bfloat16, one sequence of the preset's
+  context), compiled on tinygrad's NULL device, which allocates and runs nothing: what a GPU would need."""
+  import numpy as np
+  from tinygrad import GlobalCounters, Tensor
+  from aurora_tg import lora, qlora
+  from aurora_tg.config import TrainSettings
+  from aurora_tg.model import GPT, GPTConfig, PRESETS
+  from aurora_tg.optim import adamw
+  from aurora_tg.trainer import Trainer
+  cfg = GPTConfig(**{**PRESETS[preset], "vocab_size": PRESETS[preset].get("vocab_size", 50304)})
+  model = GPT(cfg)
+  if kind != "float32": qlora.quantize_base(model, kind)
+  params = lora.add_adapters(model, lora.LoRAConfig())
+  class Tokens:
+    block_size = cfg.block_size
+    def batch(self, rng, n, split="train"):
+      x = rng.integers(0, cfg.vocab_size, size=(n, cfg.block_size)).astype(np.int32)
+      return x, x
+  trainer = Trainer(model, Tokens(), TrainSettings(batch_size=1, dtype="bfloat16"), adamw(params, 1e-3, 0.0))
+  rng = np.random.default_rng(0)
+  for _ in range(3):  # the trainer's own steps read values back, which NULL has not computed: its jitted pieces alone
+    x, y = Tokens().batch(rng, 1)
+    trainer._micro_step(Tensor(x), Tensor(y)); trainer._update_step(Tensor([1.0]))
+  return dict(kind=kind, base_bytes=qlora.base_bytes(model), held_bytes=GlobalCounters.mem_used)
+
+
+def memory_table(preset: str, kinds: list[str]) -> str:
+  rows = []
+  for kind in kinds:
+    print(f"a {preset} LoRA step over a {kind} base, compiled for NULL...", flush=True)
+    done = subprocess.run([sys.executable, __file__, "--memory", preset, "--one", kind], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "DEV": "NULL", "NULL_ALLOW_COPYOUT": "1"})
+    if done.returncode: sys.exit(f"error: the {kind} run failed:\n{done.stderr[-3000:]}")
+    rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+  return "\n".join([f"| base ({preset}, NULL) | base MB | memory a step holds, MB |", "|---|---|---|"] +
+                   [f"| {r['kind']} | {r['base_bytes'] / 1e6:,.0f} | {r['held_bytes'] / 1e6:,.0f} |" for r in rows])
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--init", default="runs/small", help="the model LoRA fine-tunes (default runs/small)")
   p.add_argument("--steps", type=int, default=300, help="steps of each run (default 300, the lora stage's)")
   p.add_argument("--kinds", default="float32,nf4,int8", help="the bases to compare (default float32,nf4,int8)")
   p.add_argument("--out", default=str(ROOT / "bench" / "results" / "qlora.md"))
+  p.add_argument("--memory", metavar="PRESET", help="instead: the memory of one step at a preset's shape (gpt2, gpt2-xl, ...) "
+                                                   "for each base, compiled on tinygrad's NULL device")
   p.add_argument("--one", help=argparse.SUPPRESS)  # a single run, in this process: what the parent starts
   args = p.parse_args()
   if args.one:
-    print(json.dumps(one_run(args.init, args.one, args.steps)))
+    print(json.dumps(step_memory(args.memory, args.one) if args.memory else one_run(args.init, args.one, args.steps)))
+    return
+  if args.memory:
+    table = memory_table(args.memory, args.kinds.split(","))
+    print(table)
+    with open(args.out, "a") as f: f.write(f"\n`python bench/qlora.py --memory {args.memory}` ({date.today()}):\n\n{table}\n")
+    print(f"appended to {args.out}")
     return
   if not (Path(args.init).exists()): sys.exit(f"error: no model at {args.init}: run `python train.py` first, or pass --init")
   rows = []
