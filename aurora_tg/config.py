@@ -408,6 +408,8 @@ def validate(cfg: StageConfig):
       raise UserError(f"--lora-rank must be at least {0 if isinstance(cfg, DPOConfig) else 1}, got {cfg.lora_rank}")
     if cfg.base_quantize not in (None, "nf4", "int8"): raise UserError(f"--base-quantize must be nf4 or int8, got {cfg.base_quantize!r}")
     if cfg.base_quantize and not cfg.lora_rank: raise UserError("--base-quantize is for a frozen base: give --lora-rank too")
+    unused = [dash(f) for f in ("lora_alpha", "lora_dropout", "lora_targets") if getattr(cfg, f) != getattr(LoRAConfig, f[len("lora_"):])]
+    if unused and not cfg.lora_rank: raise UserError(f"{', '.join(unused)} go with --lora-rank: without it no adapter is trained")
     if not cfg.lora_alpha > 0: raise UserError(f"--lora-alpha must be positive, got {cfg.lora_alpha}")
     if not 0 <= cfg.lora_dropout < 1: raise UserError(f"--lora-dropout must be in [0, 1), got {cfg.lora_dropout}")
     unknown = sorted(set(cfg.lora_targets) - set(PROJECTIONS))

@@ -92,6 +92,7 @@ def prepare_dpo(cfg: DPOConfig, model: GPT, tokenizer: Tokenizer) -> tuple[Train
   loss = lambda x, y: dpo_loss(model(x), reference(x), y, cfg.dpo_beta, cfg.rpo_alpha)
   optimizer, saved_state = trained_part(cfg, model)
   trainer = Trainer(model, data, cfg.train, optimizer, loss=loss, saved_state=saved_state)
+  reference.compute_dtype = model.compute_dtype  # as the trainer set it: the rewards start at exactly 0
   trainer.extra_eval = preference_eval(model, reference, data, cfg.dpo_beta, cfg.train.batch_size, trainer.tensor)
   return trainer, tokenizer, data
 

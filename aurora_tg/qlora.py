@@ -42,7 +42,8 @@ class QuantizedWeight:
       self.codes = (codes[..., 0] + codes[..., 1] * 16).cast(dtypes.uint8).realize()
 
   def dequantized(self) -> Tensor:
-    """The float32 matrix the codes stand for: elementwise work, which tinygrad fuses into the kernel that uses it."""
+    """The float32 matrix the codes stand for, as elementwise work in the step that uses it (int8's fuses into the
+    matmul; tinygrad 0.14 stores NF4's select chain between forward and backward: docs/finetuning.md)."""
     if self.kind == "int8": values = self.codes.cast(dtypes.float32) / 127
     else:
       codes = self.codes.cast(dtypes.int32)

@@ -159,6 +159,11 @@ def test_qlora_adapter_and_dpo_runs_train_save_chat_and_serve(finished_run, tmp_
   assert exported.returncode == 0, exported.stderr
   int8_answer = chat("--checkpoint", tmp_path / "int8", "--temperature", "0", "--max-tokens", "8", "-p", "the cat?")
   assert int8_answer.returncode == 0 and int8_answer.stdout.strip(), int8_answer.stderr
+  # a run fine-tuned from the adapter run keeps (and trains) its adapter layers: it loads, chats, and is refused GPT-2's layout
+  train("--stage", "sft", "--init", tmp_path / "adapter", "--out", tmp_path / "adapter-sft", *short, check_code=0)
+  tuned, _, _ = checkpoint.load_model(tmp_path / "adapter-sft")
+  assert sum(".adapter_" in k for k in get_state_dict(tuned)) == len([k for k in saved if k.startswith("model.")])
+  assert export_main([str(tmp_path / "adapter-sft"), str(tmp_path / "hf2")]).returncode == 2
   for run in ("qlora", "adapter"):
     model, tokenizer, _ = checkpoint.load_model(tmp_path / run)
     assert served_answer(tmp_path / run, "the cat?") == greedy_answer(model, tokenizer, question, max_tokens=8)

@@ -83,5 +83,6 @@ def test_an_nf4_base_takes_under_015x_its_float_bytes_and_lora_trains_over_it():
       opt.step()
   assert all(np.array_equal(get_state_dict(model)[k].numpy(), v) for k, v in codes.items())  # the base stays frozen
   assert np.abs(model(Tensor([[1, 2, 3, 4]])).numpy() - quantized_logits).max() > 1e-4  # the adapters learned
-  lora.merge_adapters(model)  # into the float weights the codes stand for
-  assert not lora.adapter_state(model)
+  adapted = model(Tensor([[1, 2, 3, 4]])).numpy()
+  lora.merge_adapters(model)  # into the float weights the codes stand for: the same logits
+  np.testing.assert_allclose(model(Tensor([[1, 2, 3, 4]])).numpy(), adapted, atol=1e-4)

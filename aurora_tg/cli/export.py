@@ -38,8 +38,9 @@ def check_calibration(args, gguf_out: bool):
     raise UserError(f"--calibration-tokens must be positive, got {args.calibration_tokens}")
 
 
-def refuse_adapter_layers(path: str, record, layout: str):
-  if record.stage == "adapter":
+def refuse_adapter_layers(path: str, model, layout: str):
+  from aurora_tg.adapters import has_adapters
+  if has_adapters(model):
     raise UserError(f"{path} has adapter layers, which {layout} has no place for (they are extra layers, not a change of "
                     "weights); export it with --quantize into an Aurora checkpoint, or fine-tune with --stage lora, whose "
                     "adapters merge into the weights")
@@ -72,7 +73,7 @@ def export_command(args) -> int:
     from aurora_tg.formats import gguf
     gguf.weight_types(args.quantize)  # a bad kind is refused before the model loads
     model, tokenizer, record = load_model(args.checkpoint)
-    refuse_adapter_layers(args.checkpoint, record, "a GGUF file")
+    refuse_adapter_layers(args.checkpoint, model, "a GGUF file")
     if record.quantized: raise UserError(f"{args.checkpoint} holds {record.quantized} weights; export a GGUF from the float checkpoint it came from")
     counts = gguf.save(model, tokenizer, args.out, args.quantize, name=Path(args.checkpoint).name)
     layout = "GGUF for llama.cpp, " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + " tensors"
@@ -86,7 +87,7 @@ def export_command(args) -> int:
       checkpoint.save_quantized(args.out, model, tokenizer, record, args.quantize)
       layout = f"Aurora checkpoint, {args.quantize} weights"
     else:
-      refuse_adapter_layers(args.checkpoint, record, "GPT-2's layout")
+      refuse_adapter_layers(args.checkpoint, model, "GPT-2's layout")
       huggingface.save(model, args.out, tokenizer)
       layout = "GPT-2 layout"
   cfg = model.cfg

@@ -83,6 +83,7 @@ def _pair(chosen: list[dict], rejected: list[dict]) -> Pair:
   chosen, rejected = validate({"messages": chosen}), validate({"messages": rejected})
   if chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
     raise ValueError("the chosen and rejected dialogues must differ only in their last turn, an assistant's")
+  if len(chosen) < 2 or chosen[-2]["role"] != "user": raise ValueError("the prompt must end in a user's turn")
   return chosen[:-1], chosen[-1]["content"], rejected[-1]["content"]
 
 
@@ -97,14 +98,15 @@ def answer_row(tokenizer: Tokenizer, prompt: list[dict], answer: str, block_size
 
 class PreferenceData:
   """Rendered pairs. batch() gives 2n rows: the chosen answers of n pairs, then their rejected answers in the same
-  order. Every 20th conversation (by a hash of the prompt and the chosen answer) is held out with all its pairs, so
-  no held-out answer is learnt as a chosen one to the same question."""
+  order. Every 20th conversation (by a hash of the prompt, system prompt aside, and the chosen answer) is held out
+  with all its pairs, so no held-out answer is learnt as a chosen one to the same question."""
   def __init__(self, pairs: list[Pair], tokenizer: Tokenizer, block_size: int):
     self.block_size, self.pad, rows = block_size, tokenizer.eot, {"train": [], "val": []}
     for prompt, chosen, rejected in pairs:
       row = tuple(answer_row(tokenizer, prompt, answer, block_size) for answer in (chosen, rejected))
       if any(all(t == IGNORE_INDEX for t in targets[1:]) for _, targets in row): continue  # an answer starts past the context
-      held_out = int(hashlib.sha256(json.dumps([prompt, chosen]).encode()).hexdigest(), 16) % 20 == 0
+      asked = [m for m in prompt if m["role"] != "system"]  # the same question with and without a system prompt goes one way
+      held_out = int(hashlib.sha256(json.dumps([asked, chosen]).encode()).hexdigest(), 16) % 20 == 0
       rows["val" if held_out else "train"].append(row)
     if not rows["train"]: raise UserError("no preference pair fits the context with room for both answers")
     self.train, self.val = rows["train"], rows["val"] or rows["train"][:1]

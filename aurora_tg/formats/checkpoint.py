@@ -222,5 +222,6 @@ def load_model(path: str | Path) -> tuple[GPT, Tokenizer, RunRecord]:
       copy_into(adapters.adapter_state(model), weights, "adapter layers")
     return model, tokenizer, record
   model = GPT(record.model)
+  adapters.add_saved_adapters(model, weights)
   copy_into(get_state_dict(model), weights, "model weights")
   return model, tokenizer, record

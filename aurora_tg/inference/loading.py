@@ -22,6 +22,6 @@ def load_model(path: str | Path, quantized: str | None = None) -> tuple[GPT, Tok
   if quantized not in (None, saved.quantized): raise UserError(f"{path} is already quantized to {saved.quantized}; it cannot become {quantized}")
   weights, _, record = checkpoint.load(path)
   model = quantize(GPT(record.model), record.quantized)  # LoRA's adapters were folded in before the export
-  if record.stage == "adapter": adapters.add_adapters(model, record.run.adapter_size)  # adapter layers stay float32
+  adapters.add_saved_adapters(model, weights)  # adapter layers stay float32
   checkpoint.copy_into(get_state_dict(model), weights, "quantized model weights")
   return model, checkpoint.saved_tokenizer(path, record), record

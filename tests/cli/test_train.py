@@ -183,6 +183,10 @@ FINE_TUNING_RUNS = {"sft": ["--stage", "sft", "--freeze", "1"], "lora": ["--stag
 def test_fine_tuning_stages_resume_from_their_record(run, monkeypatch, finished_run, tmp_path):
   base, corpus, _ = finished_run
   start = ["--teacher", base, "--data", corpus] if run == "distill" else ["--init", base]
+  if run == "dpo":  # a few pairs of its own: the default pairs' held-out set takes a minute to evaluate here
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps({"prompt": f"the cat {i}?", "chosen": "sat on a mat", "rejected": "ran past"}) for i in range(24)))
+    start += ["--data", pairs]
   assert_resume_equals_uninterrupted(monkeypatch, tmp_path, *FINE_TUNING_RUNS[run], *start, "--steps", "4", "--eval-every", "3",
                                      "--batch-size", "2", "--lr", "0.004")
 
@@ -195,6 +199,7 @@ def test_bad_fine_tuning_flags_are_one_error_line(finished_run, tmp_path):
                         "--base-quantize is for a frozen base: give --lora-rank too")
   assert_one_line_error(train("--stage", "dpo", "--init", base, "--dpo-beta", "0", "--out", tmp_path / "o"), "--dpo-beta must be positive")
   assert_one_line_error(train("--stage", "dpo", "--init", base, "--devices", "2", "--out", tmp_path / "o"), "--stage dpo trains on one device")
+  assert_one_line_error(train("--stage", "dpo", "--init", base, "--lora-alpha", "4", "--out", tmp_path / "o"), "--lora-alpha go with --lora-rank")
   assert_one_line_error(train("--stage", "adapter", "--init", base, "--adapter-size", "0", "--out", tmp_path / "o"), "--adapter-size must be at least 1")
   unknown = train("--stage", "lora", "--init", base, "--base-quantize", "nf3", "--out", tmp_path / "o")
   usage_error = [l for l in unknown.stderr.splitlines() if "error:" in l]

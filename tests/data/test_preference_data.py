@@ -36,11 +36,12 @@ def test_each_format_reads_as_prompt_chosen_rejected(tmp_path, record, expected)
 def test_a_bad_record_is_reported_with_its_line_and_skipped(tmp_path):
   good = {"prompt": "the cat?", "chosen": "sat on a mat", "rejected": "ran past"}
   bad = ["{oops", {"prompt": "q", "chosen": "a"}, {"prompt": [{"role": "robot", "content": "x"}], "chosen": "a", "rejected": "b"},
-         {"prompt": "q", "chosen": [ASK, EARLIER], "rejected": "b"}]
+         {"prompt": "q", "chosen": [ASK, EARLIER], "rejected": "b"}, {"prompt": [], "chosen": "a", "rejected": "b"}]
   path = write_jsonl(tmp_path / "pairs.jsonl", [good, *bad, good])
   warnings = []
   assert read_pairs(str(path), warn=warnings.append) == [EXPECTED, EXPECTED]
-  assert [w.split(": skipped")[0] for w in warnings] == [f"{path}:{line}" for line in (2, 3, 4, 5)], warnings
+  assert [w.split(": skipped")[0] for w in warnings] == [f"{path}:{line}" for line in (2, 3, 4, 5, 6)], warnings
+  assert "end in a user's turn" in warnings[-1]
   hh = write_jsonl(tmp_path / "hh.jsonl", [{"chosen": "\n\nHuman: a\n\nAssistant: b", "rejected": "\n\nHuman: other\n\nAssistant: c"}])
   with pytest.raises(UserError, match="no usable preference pair"): read_pairs(str(hh), warn=warnings.append)
   assert "differ only in their last turn" in warnings[-1]
