@@ -101,7 +101,7 @@ def main():
   if args.memory:
     table = memory_table(args.memory, args.kinds.split(","))
     print(table)
-    with open(args.out, "a") as f: f.write(f"\n`python bench/qlora.py --memory {args.memory}` ({date.today()}):\n\n{table}\n")
+    with open(args.out, "a") as f: f.write(f"\n`{' '.join(['python', 'bench/qlora.py', *sys.argv[1:]])}` ({date.today()}):\n\n{table}\n")
     print(f"appended to {args.out}")
     return
   if not (Path(args.init).exists()): sys.exit(f"error: no model at {args.init}: run `python train.py` first, or pass --init")
