@@ -13,6 +13,7 @@ from types import UnionType
 from typing import Callable, ClassVar
 from aurora_tg import UserError
 from aurora_tg.lora import LoRAConfig, PROJECTIONS
+from aurora_tg.qlora import KINDS as BASE_QUANTIZE_KINDS
 from aurora_tg.model import GPTConfig, PRESETS
 from aurora_tg.optim import MATRIX_OPTIMIZERS, OPTIMIZERS
 
@@ -119,7 +120,7 @@ class StageConfig:
                             "sft/lora/adapter: chat data, JSON lines or parquet in OpenAI messages, ShareGPT or Alpaca format, a "
                             "local file, hf:REPO[:FILES] or smoltalk (default: conversations built from that documentation); dpo: "
                             "preference pairs in TRL's format (prompt, chosen, rejected) or as two dialogues (chosen, rejected: "
-                            "TRL's implicit prompt, Anthropic HH) (default: each default answer preferred over another question's)")
+                            "TRL's implicit prompt, Anthropic HH) (default: each default answer preferred over answers of another kind)")
   wandb: str | None = option(None, resume=True, metavar="PROJECT",
                              help="also log the metrics to this Weights & Biases project (pip install wandb)")
   keep: int = option(0, resume=True, help="also keep the last N checkpoints as checkpoint-<step>.safetensors (default 0)")
@@ -202,7 +203,7 @@ class LoRAOptions:
   lora_alpha: float = option(LoRAConfig.alpha, help=f"adapter scale numerator, scale = alpha / rank (default {LoRAConfig.alpha:g})")
   lora_dropout: float = option(LoRAConfig.dropout, help=f"dropout on the adapters' input (default {LoRAConfig.dropout:g})")
   lora_targets: tuple[str, ...] = option(LoRAConfig.targets, help=f"projections that get adapters (default {','.join(PROJECTIONS)})")
-  base_quantize: str | None = option(None, choices=("nf4", "int8"), help="QLoRA: hold the frozen base in 4-bit NormalFloat "
+  base_quantize: str | None = option(None, choices=BASE_QUANTIZE_KINDS, help="QLoRA: hold the frozen base in 4-bit NormalFloat "
                                      "(nf4) or int8, in blocks of 64 weights with an absmax scale; the adapters train over it "
                                      "and merge into the float base (default: the float base)")
 
@@ -404,9 +405,9 @@ def validate(cfg: StageConfig):
   if isinstance(cfg, PretrainConfig) and not cfg.bpe_sample_mb > 0: raise UserError(f"--bpe-sample-mb must be positive, got {cfg.bpe_sample_mb}")
   if isinstance(cfg, SFTConfig) and cfg.freeze < 0: raise UserError(f"--freeze must be 0 or more, got {cfg.freeze}")
   if isinstance(cfg, LoRAOptions):
-    if cfg.lora_rank < (0 if isinstance(cfg, DPOConfig) else 1):
-      raise UserError(f"--lora-rank must be at least {0 if isinstance(cfg, DPOConfig) else 1}, got {cfg.lora_rank}")
-    if cfg.base_quantize not in (None, "nf4", "int8"): raise UserError(f"--base-quantize must be nf4 or int8, got {cfg.base_quantize!r}")
+    least = 0 if isinstance(cfg, DPOConfig) else 1  # DPO without adapters trains every weight
+    if cfg.lora_rank < least: raise UserError(f"--lora-rank must be at least {least}, got {cfg.lora_rank}")
+    if cfg.base_quantize not in (None, *BASE_QUANTIZE_KINDS): raise UserError(f"--base-quantize must be nf4 or int8, got {cfg.base_quantize!r}")
     if cfg.base_quantize and not cfg.lora_rank: raise UserError("--base-quantize is for a frozen base: give --lora-rank too")
     unused = [dash(f) for f in ("lora_alpha", "lora_dropout", "lora_targets") if getattr(cfg, f) != getattr(LoRAConfig, f[len("lora_"):])]
     if unused and not cfg.lora_rank: raise UserError(f"{', '.join(unused)} go with --lora-rank: without it no adapter is trained")

@@ -105,8 +105,7 @@ def preference_eval(model: GPT, reference: GPT, data: PreferenceData, beta: floa
   n = len(data.val)
   order = [i % n for i in range(-(-n // batch_size) * batch_size)]  # whole batches, the last filled from the start
   batches = [data.rows([data.val[i] for i in order[s:s + batch_size]]) for s in range(0, len(order), batch_size)]
-  chosen_tokens = sum(int((y[:batch_size] != IGNORE_INDEX).sum()) for _, y in batches[:-1])
-  chosen_tokens += int((batches[-1][1][:batch_size - (len(order) - n)] != IGNORE_INDEX).sum())
+  chosen_tokens = sum(t != IGNORE_INDEX for (_, targets), _ in data.val for t in targets[1:])  # what the rows' y holds
 
   policy_step, reference_step = (TinyJit(lambda x, y, net=net: answer_logprobs(net(x), y).realize()) for net in (model, reference))
 
