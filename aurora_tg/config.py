@@ -36,7 +36,8 @@ def option(default=MISSING, *, help: str, stages: tuple[str, ...] = STAGES, resu
 class TrainSettings:
   """What the trainer runs. These field values are the defaults' first layer; DEFAULTS below holds the rest."""
   steps: int = option(300, help="optimizer steps (default: the preset's)", resume=True)
-  batch_size: int = option(16, help="sequences per micro-batch (default: the preset's)")
+  batch_size: int = option(16, help="sequences per micro-batch (default: the preset's); pretrain: auto, the largest that fits "
+                           "the device's memory (or --plan-for's), with --grad-accum raised to keep the tokens per step")
   grad_accum: int = option(1, help="micro-batches per optimizer step (default: the preset's)")
   # the trainer's own default (every fine-tuning stage's); pretraining's is PRETRAIN_OPTIMIZER, the flag's default
   optimizer: str = option("adamw", stages=("pretrain",), help="aurora (default), aurora-riemannian, muon, normuon (hidden "

@@ -8,7 +8,9 @@ What stands behind the fence, and why each is worth it (docs/architecture.md has
 - cpu_queue.py: decoding on the CPU backend through its command queue (the HCQ2 switch).
 - devices.py: one work-item per matrix-vector output on an OpenCL CPU (MV_THREADS_PER_ROW, getenv's cache).
 - scatter.py: the token embedding's gradient as an atomic scatter-add kernel built from UOps (CPU, CL, CUDA, AMD).
-- kernel_search.py: BEAM's progress bar, drawn by replacing the tqdm tinygrad's compiler looks up."""
+- kernel_search.py: BEAM's progress bar, drawn by replacing the tqdm tinygrad's compiler looks up.
+- memory.py: a step's peak memory, read where tinygrad's buffers allocate (the memory plan, `train.py --plan`), and
+  CUDA's free memory through tinygrad's driver bindings (`--batch-size auto`)."""
 import functools, importlib.metadata, sys
 
 WRITTEN_FOR = "0.14.0"

@@ -9,7 +9,7 @@ tinygrad 0.14 builds such a kernel behind USE_ATOMICS for its CPU and AMD backen
 hence fenced); this one adds OpenCL (a compare-and-swap loop: OpenCL 1.2 has no float atomics) and CUDA. Elsewhere
 (Metal, a sharded table, another tinygrad) the public one-hot lookup runs: slower, not wrong."""
 import functools
-from tinygrad import Tensor, dtypes
+from tinygrad import Device, Tensor, dtypes
 from aurora_tg.backends import fence
 
 # An atomic float add of {1} into the address {0}, as each backend's compiler spells it (doubled braces: the
@@ -23,11 +23,17 @@ ATOMIC_ADD = {
 }
 
 
+# tinygrad's NULL device compiles for the renderer DEV names (aurora_tg/backends/targets.py): the kernels are the ones
+# that renderer's own backend would run
+RENDERER_BACKEND = {"ClangRenderer": "CPU", "OpenCLRenderer": "CL", "CUDARenderer": "CUDA", "HIPRenderer": "AMD"}
+
+
 def backend(device) -> str | None:
   """The ATOMIC_ADD key for a device, None where the scatter-add does not run (a device tuple: data parallel; no
   device: ids that are a constant, as decoding's may be)."""
   if not isinstance(device, str): return None
   name = device.split(":")[0]
+  if name == "NULL": return RENDERER_BACKEND.get(type(Device[device].renderer).__name__)
   return name if name in ATOMIC_ADD else None
 
 

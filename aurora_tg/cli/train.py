@@ -5,8 +5,9 @@ from pathlib import Path
 from tinygrad import Tensor
 from aurora_tg import UserError, config, finetune, lora
 from aurora_tg.cli.errors import run
+from aurora_tg.cli import plan as memory_plan
 from aurora_tg.formats import checkpoint
-from aurora_tg.backends import devices
+from aurora_tg.backends import devices, targets
 from aurora_tg.tools import plot
 from aurora_tg.tools import evaluation
 from aurora_tg.formats.checkpoint import RunRecord
@@ -63,6 +64,8 @@ def resumed_config(out: Path, flags: dict, machine: config.Machine) -> StageConf
 def train(flags: dict) -> int:
   """Run the planned stages in order; stop at the first that does not finish."""
   device = devices.select_device(flags.get("device"))
+  if flags.get("plan") or flags.get("plan_for") and flags.get("batch_size") != "auto": return memory_plan.print_plan(flags, device, machine(device))
+  if flags.get("batch_size") == "auto": flags = memory_plan.auto_batch(flags, device, machine(device))
   devices.replay_jitted_steps()
   stages = plan(flags, machine(device))
   if any(cfg.wandb for cfg, _ in stages): require_wandb()
@@ -210,14 +213,26 @@ def given_flags(argv=None, prog: str = "aurora train") -> dict:
   p.add_argument("--device", help="tinygrad backend: CPU, CL, CUDA, METAL, ... (default: tinygrad's pick)")
   p.add_argument("--resume", action="store_true", default=None, help="continue the run in --out from its checkpoint, with its own settings")
   p.add_argument("--workers", type=int, help="processes that tokenize --data the first time (default: one per core)")
+  p.add_argument("--plan", action="store_true", default=None, help="pretrain: train nothing; print the step's memory (weights, "
+                 "optimizer state, activations, peak), FLOPs, bytes moved and kernels, and the largest micro-batch that fits, "
+                 "planned on tinygrad's NULL device for --device or --plan-for")
+  p.add_argument("--plan-for", metavar="GPU", help=f"plan (--plan, --batch-size auto) for a GPU: {', '.join(targets.TARGETS)}, or a "
+                 "memory size (24GB) of --device's backend; NVIDIA GPUs compile with NVRTC (the gpu-plan extra)")
   for name, f in config.flags().items():
     stages = [s for s in config.STAGES if name in config.STAGE_FLAGS[s]]
     where = "" if len(stages) == len(config.STAGES) else "/".join(stages) + ": "
     kind, meta = config.field_type(f), f.metadata
     options = dict(action=argparse.BooleanOptionalAction if name == "diagnostics" else "store_true") if kind is bool else \
               dict(type=kind, choices=meta["choices"], metavar=meta["metavar"])
+    if name == "batch_size": options |= dict(type=micro_batch, metavar="N|auto")
     p.add_argument(config.dash(name), dest=name, default=None, help=where + meta["help"], **options)
   return {name: value for name, value in vars(p.parse_args(argv)).items() if value is not None}
+
+
+def micro_batch(text: str) -> int | str:
+  if text == "auto": return text
+  try: return int(text)
+  except ValueError: raise argparse.ArgumentTypeError(f"a number of sequences or auto, not {text!r}") from None
 
 
 def main(argv=None, prog: str = "aurora train") -> int:
