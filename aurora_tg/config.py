@@ -332,6 +332,11 @@ def default_out(stage: str, flags: dict) -> str:
   return f"{path.parent if path.suffix == '.safetensors' else path}-{stage}"
 
 
+def bpe_vocab_size(size: str) -> int:
+  """An own BPE's vocabulary for a preset: the preset's, else 8,192 (the GPT-2 presets default to GPT-2's BPE)."""
+  return PRESETS[size].get("vocab_size", 8192)
+
+
 def preset_of(cfg: GPTConfig) -> str:
   """The preset a model's training defaults come from: the one of its width and depth, else the nearest in width."""
   same = [name for name, p in PRESETS.items() if (p["n_layer"], p["n_embd"]) == (cfg.n_layer, cfg.n_embd)]

@@ -39,7 +39,6 @@ def check() -> str:
 
 def table(presets: list[str], gpus: list[str]) -> str:
   gpu = config.Machine("CUDA", lambda dtype: True, lambda spec: ())
-  if missing := targets.use_nvidia_compiler(): sys.exit(f"error: {missing}")
   null, rows = targets.TARGETS["h100"].null_device, []
   for size in presets:
     cfg, model_cfg = pretraining(dict(size=size), gpu)
@@ -47,15 +46,15 @@ def table(presets: list[str], gpus: list[str]) -> str:
     cells = []
     for name in gpus:
       target = targets.TARGETS[name]
-      print(f"{size} on {name} ({target.memory_gb:g} GB), planned on {null}:", flush=True)
+      print(f"{size} on {name} ({plan.size(target.memory)}), planned on {null}:", flush=True)
       start = time.perf_counter()
       try:
-        best = plan.largest_fitting(model_cfg, s, null, target.memory_gb * 1e9)
+        best = plan.largest_fitting(model_cfg, s, null, target.memory)
         cells.append(f"{best.micro_batch} ({plan.size(best.peak)})")
       except UserError as e: cells.append(f"no: {e}")
       print(f"  -> {cells[-1]} in {time.perf_counter() - start:.0f}s", flush=True)
     rows.append(f"| {size} ({s.dtype}, {s.optimizer}) | " + " | ".join(cells) + " |")
-  head = " | ".join(f"{n} ({targets.TARGETS[n].memory_gb:g} GB)" for n in gpus)
+  head = " | ".join(f"{n} ({targets.TARGETS[n].memory / targets.GIB:g} GiB)" for n in gpus)
   return (f"| preset | {head} |\n|---|" + "---|" * len(gpus) + "\n" + "\n".join(rows) +
           f"\n\nEach cell: the largest micro-batch (sequences of 1,024 tokens) whose step's peak fits {plan.HEADROOM:.0%} of the "
           "card's memory, and that peak; `--grad-accum` makes up the 512 sequences a step.")
@@ -69,6 +68,7 @@ def main():
   p.add_argument("--gpus", default=",".join(GPUS))
   args = p.parse_args()
   if not (args.check or args.table): p.error("give --check, --table or both")
+  if args.table and (missing := targets.use_nvidia_compiler()): sys.exit(f"error: {missing}")  # before anything compiles
   date, out = datetime.date.today().isoformat(), ROOT / "bench" / "results" / "plan.md"
   sections = []
   if args.check: sections.append(f"## Planned against measured (`python bench/plan.py --check`, {date})\n\n{check()}\n")

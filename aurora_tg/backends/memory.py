@@ -2,13 +2,14 @@
 
 tinygrad counts the bytes its buffers hold (GlobalCounters.mem_used) as a running total only; the high-water mark is
 read at each allocation, where the total rises (Buffer.allocate, a private API: fenced, fence.py). On another tinygrad
-the mark is the larger of the totals at the start and the end: a lower bound, said once."""
+there is no public way to read it, and the memory plan refuses with one line rather than under-count."""
 import contextlib, gc, os
+from pathlib import Path
 from typing import Callable, Iterator
 from tinygrad import Device
 from tinygrad.helpers import GlobalCounters
 from aurora_tg import UserError
-from aurora_tg.backends import fence
+from aurora_tg.backends import devices, fence
 
 
 def held(backend: str) -> int:
@@ -20,11 +21,11 @@ def held(backend: str) -> int:
 def peak(backend: str) -> Iterator[Callable[[], int]]:
   """Within the block, peak() gives the most bytes held at once on the backend since the block began, less what
   was held then (buffers no longer referenced are collected first, so that they are not freed inside the block)."""
+  if not fence.allows("the peak memory count"):
+    raise UserError(f"the memory plan reads tinygrad's allocations, written for tinygrad {fence.WRITTEN_FOR} (installed: "
+                    f"{fence.version()}); give --batch-size N instead")
   gc.collect()
   start = high = held(backend)
-  if not fence.allows("the peak memory count"):
-    yield lambda: max(high, held(backend)) - start
-    return
   from tinygrad.device import Buffer
   original = Buffer.allocate
   def allocate(self, *args, **kwargs):
@@ -39,14 +40,19 @@ def peak(backend: str) -> Iterator[Callable[[], int]]:
 
 def available(device: str) -> int:
   """Bytes a run may fill on the device: free memory as the CUDA driver reports it, or on CPUs (CPU, and CL through
-  PoCL) the memory the operating system says is available. Elsewhere the user names a size (--plan-for 24GB)."""
+  PoCL) the memory the operating system says is available, within the container's limit. Elsewhere the user names a
+  size (--plan-for 24GB)."""
   backend = device.split(":")[0]
-  if backend in ("CPU", "CL") and os.path.exists("/proc/meminfo"):
+  if (backend == "CPU" or backend == "CL" and devices.opencl_on_cpu()) and os.path.exists("/proc/meminfo"):
     with open("/proc/meminfo") as f: info = dict(line.split(":", 1) for line in f)
-    return int(info["MemAvailable"].split()[0]) * 1024
+    free = int(info["MemAvailable"].split()[0]) * 1024
+    limit = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: a container's limit, or "max"
+    return min(free, int(limit.read_text())) if limit.exists() and limit.read_text().strip().isdigit() else free
   if backend == "CUDA" and fence.allows("asking CUDA its free memory"):
     import ctypes
     from tinygrad.runtime.autogen import cuda
+    gc.collect()  # what earlier work left to the collector, and tinygrad's cache of freed buffers, count as free
+    Device[device].allocator.free_cache()
     Device[device].synchronize()  # opens the device's context, which the query needs
     free, total = ctypes.c_size_t(), ctypes.c_size_t()
     if cuda.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total)) == 0: return free.value

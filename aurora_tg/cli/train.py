@@ -20,7 +20,7 @@ from aurora_tg.inference.generate import Generator
 from aurora_tg.inference.conversation import stop_tokens, stream_text
 from aurora_tg.inference.sampling import Sampling
 from aurora_tg.tools.metrics import RunLog, new_wandb_id, require_wandb
-from aurora_tg.model import GPT, IGNORE_INDEX, PRESETS, num_params
+from aurora_tg.model import GPT, IGNORE_INDEX, num_params
 from aurora_tg.data.preference_data import PreferenceData
 from aurora_tg.data.tokenizer import Tokenizer
 from aurora_tg.trainer import Trainer, NonFinite, build_optimizer
@@ -63,6 +63,7 @@ def resumed_config(out: Path, flags: dict, machine: config.Machine) -> StageConf
 
 def train(flags: dict) -> int:
   """Run the planned stages in order; stop at the first that does not finish."""
+  if flags.get("plan_for"): memory_plan.plan_target(flags)
   device = devices.select_device(flags.get("device"))
   if flags.get("plan") or flags.get("plan_for") and flags.get("batch_size") != "auto": return memory_plan.print_plan(flags, device, machine(device))
   if flags.get("batch_size") == "auto": flags = memory_plan.auto_batch(flags, device, machine(device))
@@ -79,7 +80,7 @@ def train(flags: dict) -> int:
 def pretraining_tokenizer(cfg: PretrainConfig) -> Tokenizer:
   """A prepared folder's own tokenizer, GPT-2's, or a BPE trained on the start of the data."""
   if cfg.data and (Path(cfg.data) / MANIFEST).exists(): return Tokenizer.load(str(Path(cfg.data) / checkpoint.TOKENIZER_NAME))
-  return make_tokenizer(cfg.tokenizer, open_source(cfg.data, cfg.text_field), PRESETS[cfg.size].get("vocab_size", 8192), cfg.bpe_sample_mb)
+  return make_tokenizer(cfg.tokenizer, open_source(cfg.data, cfg.text_field), config.bpe_vocab_size(cfg.size), cfg.bpe_sample_mb)
 
 
 def prepare_pretrain(cfg: PretrainConfig, run_dir: Path, resumed: RunRecord | None, workers: int):
@@ -216,8 +217,9 @@ def given_flags(argv=None, prog: str = "aurora train") -> dict:
   p.add_argument("--plan", action="store_true", default=None, help="pretrain: train nothing; print the step's memory (weights, "
                  "optimizer state, activations, peak), FLOPs, bytes moved and kernels, and the largest micro-batch that fits, "
                  "planned on tinygrad's NULL device for --device or --plan-for")
-  p.add_argument("--plan-for", metavar="GPU", help=f"plan (--plan, --batch-size auto) for a GPU: {', '.join(targets.TARGETS)}, or a "
-                 "memory size (24GB) of --device's backend; NVIDIA GPUs compile with NVRTC (the gpu-plan extra)")
+  p.add_argument("--plan-for", metavar="GPU", help=f"plan for a GPU (alone, this implies --plan; with --batch-size auto, trains "
+                 f"with its plan): {', '.join(targets.TARGETS)}, or a memory size (24GB, 24GiB) of --device's backend; "
+                 "NVIDIA GPUs compile with NVRTC (the gpu-plan extra)")
   for name, f in config.flags().items():
     stages = [s for s in config.STAGES if name in config.STAGE_FLAGS[s]]
     where = "" if len(stages) == len(config.STAGES) else "/".join(stages) + ": "

@@ -6,13 +6,14 @@ one compilation of the step per micro-batch tried, and no memory.
 
 Peak memory is the high-water mark over what a run does first: an evaluation, three training steps (TinyJit runs the
 step, captures it, then replays the capture with its buffers planned) and two more evaluations (capture, replay).
-Gradient accumulation repeats the micro-batch's step, which holds the same buffers each time."""
+Gradient accumulation repeats the micro-batch's step, which holds the same buffers each time. Not planned: what
+--diagnostics' never-active probe and --eval-hellaswag-every add (a forward pass each), which HEADROOM leaves room for."""
 import functools, time
 from dataclasses import dataclass, replace
 import numpy as np
-from tinygrad import Context, Device, GlobalCounters, Tensor, nn
+from tinygrad import Context, Device, GlobalCounters, nn
 from aurora_tg import UserError
-from aurora_tg.backends import memory, targets
+from aurora_tg.backends import memory
 from aurora_tg.config import TrainSettings
 from aurora_tg.model import GPT, GPTConfig
 from aurora_tg.trainer import Trainer, build_optimizer
@@ -47,11 +48,11 @@ class RandomTokens:
 
 
 def null_device(device: str) -> str:
-  """DEV for the NULL device compiling as `device` (a backend in use, CPU, CUDA, ...) would."""
+  """DEV for the NULL device compiling as `device` (a backend in use, CPU, CUDA, ...) would (a CUDA device that works
+  has found NVIDIA's compiler, which the NULL device then uses too)."""
   backend = device.split(":")[0]
   if backend not in NULL_RENDERER: return "NULL"  # Metal, WebGPU: the public lookup, as on NULL's own renderer
   arch = Device[device].renderer.target.arch
-  if backend in ("CUDA", "NV") and (missing := targets.use_nvidia_compiler()): raise UserError(missing)
   return f"NULL:{NULL_RENDERER[backend]}" + (f":{arch}" if arch else "")
 
 
@@ -63,8 +64,10 @@ def measure(model_cfg: GPTConfig, s: TrainSettings, device: str) -> StepPlan:
     model = GPT(model_cfg)
     trainer = Trainer(model, data, s, build_optimizer(model, s))
     weights = sum(t.nbytes() for t in nn.state.get_parameters(model))
-    optimizer_state = sum(t.nbytes() for t in nn.state.get_parameters(trainer.optimizer)) + sum(t.nbytes() for t in trainer.grad_sums)
-    optimizer_state -= sum(t.nbytes() for t in trainer.params)  # the optimizer's parameters are the model's weights
+    # an optimizer group lists each weight twice (its own and its members'): each tensor once, the weights left out
+    trained = {id(p) for p in trainer.params}
+    state = {id(t): t for t in nn.state.get_parameters(trainer.optimizer) if id(t) not in trained}
+    optimizer_state = sum(t.nbytes() for t in state.values()) + sum(t.nbytes() for t in trainer.grad_sums)
     batch = lambda split: [trainer.tensor(a) for a in data.batch(rng, s.batch_size, split)]
     evaluate, micro, update = (lambda: trainer._eval_step(*batch("val"))), (lambda: trainer._micro_step(*batch("train"))), \
                               (lambda: trainer._update_step(trainer.tensor([1.0], axis=None)))
@@ -91,8 +94,9 @@ def divisors(n: int) -> list[int]: return [d for d in range(1, n + 1) if n % d =
 def largest_fitting(model_cfg: GPTConfig, s: TrainSettings, device: str, memory_bytes: float, log=print) -> StepPlan:
   """The largest micro-batch whose step fits HEADROOM of memory_bytes, with grad_accum raised to keep the rows
   (sequences) per optimizer step: the micro-batch divides them. Memory grows by the same bytes for every row a
-  micro-batch adds, so two small plans predict the size, and planning it checks the prediction (stepping down
-  while it does not fit)."""
+  micro-batch adds (GPT-2 124M in bfloat16: 5.19 GB + 1.91 GB a row, within 0.1% at 8 and 16 rows, bench/results/
+  plan.md), so two small plans predict the size, and planning it checks the prediction (stepping down while it does
+  not fit)."""
   rows, usable, tried = s.batch_size * s.grad_accum, HEADROOM * memory_bytes, {}
   def plan(b: int) -> StepPlan:
     if b not in tried:
@@ -100,11 +104,11 @@ def largest_fitting(model_cfg: GPTConfig, s: TrainSettings, device: str, memory_
       tried[b] = measure(model_cfg, replace(s, batch_size=b, grad_accum=rows // b), device)
       log(f"  micro-batch {b:4d}: peak {size(tried[b].peak):>10} ({time.perf_counter() - start:.0f}s to compile and plan)")
     return tried[b]
-  sizes = divisors(rows)
-  one, two = plan(1), plan(sizes[1]) if len(sizes) > 1 else None
+  sizes, one = divisors(rows), plan(1)
   if one.peak > usable: raise UserError(f"even one sequence per micro-batch needs {size(one.peak)}; "
                                         f"{size(usable)} of {size(memory_bytes)} is usable")
-  if two is None: return one
+  if len(sizes) == 1: return one
+  two = plan(sizes[1])
   per_row = (two.peak - one.peak) / (sizes[1] - 1)
   predicted = [b for b in sizes if one.peak + (b - 1) * per_row <= usable] or [1]
   for b in reversed([b for b in sizes if b <= predicted[-1]]):

@@ -87,7 +87,8 @@ def test_the_train_step_compiles(cuda, dtype, mlp, pos, optimizer):
   new = compiles(cuda, lambda: train_steps(pretraining(dtype, optimizer, mlp=mlp, pos=pos)))
   if dtype != "float32":  # the matmuls in half precision run on tensor cores: tinygrad's WMMA, mma.sync in the source
     assert any("mma.sync" in source for source in new), f"no {dtype} kernel uses tensor cores"
-  assert any("atomicAdd" in source for _, source, _ in programs(cuda).values()), "the embedding's gradient is not the scatter-add"
+  if dtype == "float32":  # the first step compiled: the embedding's gradient (in float32 in every dtype) a scatter-add
+    assert any("atomicAdd" in source for source in new), "the embedding's gradient is not the scatter-add"
 
 
 def test_gradient_accumulation_evaluation_and_data_parallel_compile(cuda):
@@ -106,13 +107,13 @@ def test_the_fine_tuning_steps_compile(cuda):
       y[:, :self.block_size // 2] = IGNORE_INDEX
       return x, y
   s, model = TrainSettings(batch_size=BATCH), GPT(GPTConfig(**SHAPE))
-  compiles(cuda, lambda: train_steps(Trainer(model, Answers(), s, adamw(nn.state.get_parameters(model), 1e-3, 0.1)))
+  compiles(cuda, lambda: train_steps(Trainer(model, Answers(), s, adamw(nn.state.get_parameters(model), 1e-3, 0.1))))
   assert model.wte.weight.device == "NULL"
   student = GPT(GPTConfig(**SHAPE))
-  assert compiles(cuda, lambda: train_steps(Trainer(student, Answers(), s, adamw(lora.add_adapters(student, lora.LoRAConfig()), 1e-3, 0.0)))
+  assert compiles(cuda, lambda: train_steps(Trainer(student, Answers(), s, adamw(lora.add_adapters(student, lora.LoRAConfig()), 1e-3, 0.0))))
   teacher, student = GPT(GPTConfig(**SHAPE)), GPT(GPTConfig(**SHAPE))
   loss = lambda x, y: distillation_loss(student(x), teacher(x), y, 0.5, 2.0)
-  assert compiles(cuda, lambda: train_steps(Trainer(student, tokens(), s, adamw(nn.state.get_parameters(student), 1e-3, 0.1), loss=loss))
+  assert compiles(cuda, lambda: train_steps(Trainer(student, tokens(), s, adamw(nn.state.get_parameters(student), 1e-3, 0.1), loss=loss)))
 
 
 @pytest.mark.parametrize("weights", ["float32", "float16", "int8"])
@@ -146,10 +147,11 @@ def test_a_gpt2_shaped_bfloat16_step_compiles_for_an_h100():
 
 def test_metal_source_is_rendered_for_the_train_step(monkeypatch):
   """Metal's compiler exists only on macOS: here tinygrad's Metal renderer writes the kernels' source (compiling them
-  is left to a Mac), standing in for its compiler a pass-through that keeps the source."""
+  is left to a Mac), standing in for its compiler a pass-through that keeps the source. In this process (PARALLEL=0):
+  tinygrad's compiling processes would import the real Metal runtime."""
   if sys.platform != "darwin":
     monkeypatch.setitem(sys.modules, "tinygrad.runtime.ops_metal", types.SimpleNamespace(MetalCompiler=Compiler))
-  with Context(DEV="NULL:METAL", NULL_ALLOW_COPYOUT=1):
+  with Context(DEV="NULL:METAL", NULL_ALLOW_COPYOUT=1, PARALLEL=0):
     train_steps(pretraining("float16", mlp="swiglu"))
   sources = [prg.src[2].arg for key, prg in to_program_cache.items() if key[2].renderer == "METAL"]
   assert sources and all("kernel void" in source for source in sources)
@@ -165,3 +167,4 @@ def amd_problem() -> str | None:
 def test_the_train_step_compiles_for_amd():
   if why := amd_problem(): pytest.skip(f"tinygrad's AMD LLVM path does not work with this machine's LLVM (it wants LLVM 18 or newer): {why}")
   with Context(DEV="NULL:AMDLLVM:gfx1100", NULL_ALLOW_COPYOUT=1): train_steps(pretraining("float16"))
+  assert any(key[2].renderer == "AMDLLVM" for key in to_program_cache)

@@ -17,8 +17,7 @@ def test_the_planned_peak_is_the_one_a_real_step_reaches_on_cpu():
   cfg, s = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=512), TrainSettings(batch_size=4, optimizer="aurora")
   planned, measured = plan.measure(cfg, s, plan.null_device("CPU")), plan.measure(cfg, s, "CPU")
   assert abs(planned.peak - measured.peak) <= 0.05 * measured.peak, (planned, measured)
-  assert planned.weights == measured.weights == 4 * planned.params  # float32 weights
-  assert planned.peak > planned.weights + planned.optimizer_state
+  assert planned.weights == measured.weights and planned.peak > planned.weights + planned.optimizer_state
   assert planned.flops == pytest.approx(measured.flops, rel=1e-3) and planned.kernels == pytest.approx(measured.kernels, rel=0.02)
 
 
@@ -26,7 +25,10 @@ def test_the_largest_fitting_micro_batch_is_the_largest_divisor_under_the_memory
   """Against plans of the sizes around the answer: the search plans a few and picks what planning all would."""
   cfg, s = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=97), TrainSettings(batch_size=2, grad_accum=2, optimizer="adamw")
   null = plan.null_device("CPU")
-  peaks = {b: plan.measure(cfg, replace(s, batch_size=b, grad_accum=4 // b), null).peak for b in (1, 2, 4)}
+  plans = {b: plan.measure(cfg, replace(s, batch_size=b, grad_accum=4 // b), null) for b in (1, 2, 4)}
+  peaks = {b: p.peak for b, p in plans.items()}
+  # float32 weights; AdamW's two moments and the summed gradients: three copies (and a few scalars), whatever the micro-batch
+  assert all(p.weights == 4 * p.params and p.optimizer_state == pytest.approx(3 * p.weights, abs=64) for p in plans.values())
   assert peaks[1] < peaks[2] < peaks[4]
   memory = (peaks[2] + (peaks[4] - peaks[2]) / 2) / plan.HEADROOM  # room for 2 rows, not for 4
   lines = []
@@ -55,7 +57,7 @@ def test_batch_size_auto_trains_with_the_planned_micro_batch_and_resumes(tmp_pat
 def test_plan_prints_the_step_for_a_named_gpu_and_bad_names_are_one_error_line():
   proc = run_main(train_script.main, ["--plan", "--size", "tiny", "--batch-size", "1", "--grad-accum", "1", "--plan-for", "m2-16gb"])
   assert proc.returncode == 0, proc.stdout + proc.stderr
-  assert "compiled on NULL..." in proc.stdout and "peak" in proc.stdout and "fits" in proc.stdout
+  assert "compiled on NULL..." in proc.stdout and re.search(r"peak [\d.]+ MB of [\d.]+ GB usable \(90% of [\d.]+ GB\): fits\n", proc.stdout)
   assert "largest micro-batch that fits: 1 (--batch-size 1 --grad-accum 1 keeps 64 tokens a step" in proc.stdout
   proc = run_main(train_script.main, ["--plan", "--size", "tiny", "--plan-for", "rtx9090"])
   errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
