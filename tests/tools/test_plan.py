@@ -7,15 +7,18 @@ import pytest
 import train as train_script
 from aurora_tg.config import TrainSettings
 from aurora_tg.formats import checkpoint
-from aurora_tg.model import GPTConfig
+from aurora_tg.model import GPTConfig, PRESETS
 from aurora_tg.tools import plan
 from conftest import run_main, sample_text
 
 
+# every test here plans the tiny preset with AdamW: a kernel compiled once serves them all (and train.py's runs below)
+TINY, ADAMW = GPTConfig(**PRESETS["tiny"]), TrainSettings(batch_size=4, optimizer="adamw")
+
+
 def test_the_planned_peak_is_the_one_a_real_step_reaches_on_cpu():
-  """bench/plan.py --check measures the same for the tiny and small presets in float32 and float16."""
-  cfg, s = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=512), TrainSettings(batch_size=4, optimizer="aurora")
-  planned, measured = plan.measure(cfg, s, plan.null_device("CPU")), plan.measure(cfg, s, "CPU")
+  """bench/plan.py --check measures the same for the tiny and small presets in float32 and float16, with Aurora."""
+  planned, measured = plan.measure(TINY, ADAMW, plan.null_device("CPU")), plan.measure(TINY, ADAMW, "CPU")
   assert abs(planned.peak - measured.peak) <= 0.05 * measured.peak, (planned, measured)
   assert planned.weights == measured.weights and planned.peak > planned.weights + planned.optimizer_state
   assert planned.flops == pytest.approx(measured.flops, rel=1e-3) and planned.kernels == pytest.approx(measured.kernels, rel=0.02)
@@ -23,9 +26,8 @@ def test_the_planned_peak_is_the_one_a_real_step_reaches_on_cpu():
 
 def test_the_largest_fitting_micro_batch_is_the_largest_divisor_under_the_memory():
   """Against plans of the sizes around the answer: the search plans a few and picks what planning all would."""
-  cfg, s = GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=97), TrainSettings(batch_size=2, grad_accum=2, optimizer="adamw")
-  null = plan.null_device("CPU")
-  plans = {b: plan.measure(cfg, replace(s, batch_size=b, grad_accum=4 // b), null) for b in (1, 2, 4)}
+  cfg, s, null = TINY, replace(ADAMW, batch_size=2, grad_accum=2), plan.null_device("CPU")
+  plans = {b: plan.measure(cfg, replace(s, batch_size=b, grad_accum=4 // b), null) for b in (1, 2, 4)}  # 4: planned above
   peaks = {b: p.peak for b, p in plans.items()}
   # float32 weights; AdamW's two moments and the summed gradients: three copies (and a few scalars), whatever the micro-batch
   assert all(p.weights == 4 * p.params and p.optimizer_state == pytest.approx(3 * p.weights, abs=64) for p in plans.values())
