@@ -13,20 +13,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from aurora_tg import UserError, config  # noqa: E402
+from aurora_tg import UserError  # noqa: E402
 from aurora_tg.backends import targets  # noqa: E402
 from aurora_tg.cli.plan import pretraining  # noqa: E402
+from aurora_tg.cli.train import machine  # noqa: E402
 from aurora_tg.tools import plan  # noqa: E402
 
 GPUS = ("rtx4090", "a100-40gb", "h100")
 
 
 def check() -> str:
-  cpu = config.Machine("CPU", lambda dtype: True, lambda spec: ())
   rows = []
   for size in ("tiny", "small"):
     for dtype in ("float32", "float16"):
-      cfg, model_cfg = pretraining(dict(size=size, dtype=dtype), cpu)
+      cfg, model_cfg = pretraining(dict(size=size, dtype=dtype), machine("CPU"))
       s = replace(cfg.train, grad_accum=1)
       print(f"{size}, {dtype}: planning on {plan.null_device('CPU')}, then measuring on CPU...", flush=True)
       planned, measured = plan.measure(model_cfg, s, plan.null_device("CPU")), plan.measure(model_cfg, s, "CPU")
@@ -38,10 +38,9 @@ def check() -> str:
 
 
 def table(presets: list[str], gpus: list[str]) -> str:
-  gpu = config.Machine("CUDA", lambda dtype: True, lambda spec: ())
   null, rows = targets.TARGETS["h100"].null_device, []
   for size in presets:
-    cfg, model_cfg = pretraining(dict(size=size), gpu)
+    cfg, model_cfg = pretraining(dict(size=size, plan_for="h100"), machine("CPU"))  # an H100's dtypes, not this CPU's
     s = cfg.train
     cells = []
     for name in gpus:

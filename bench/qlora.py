@@ -55,20 +55,17 @@ def step_memory(preset: str, kind: str) -> dict:
   from aurora_tg.config import TrainSettings
   from aurora_tg.model import GPT, GPTConfig, PRESETS
   from aurora_tg.optim import adamw
+  from aurora_tg.tools.plan import RandomTokens
   from aurora_tg.trainer import Trainer
   cfg = GPTConfig(**{**PRESETS[preset], "vocab_size": PRESETS[preset].get("vocab_size", 50304)})
   model = GPT(cfg)
   if kind != "float32": qlora.quantize_base(model, kind)
   params = lora.add_adapters(model, lora.LoRAConfig())
-  class Tokens:
-    block_size = cfg.block_size
-    def batch(self, rng, n, split="train"):
-      x = rng.integers(0, cfg.vocab_size, size=(n, cfg.block_size)).astype(np.int32)
-      return x, x
-  trainer = Trainer(model, Tokens(), TrainSettings(batch_size=1, dtype="bfloat16"), adamw(params, 1e-3, 0.0))
+  tokens = RandomTokens(cfg.block_size, cfg.vocab_size)
+  trainer = Trainer(model, tokens, TrainSettings(batch_size=1, dtype="bfloat16"), adamw(params, 1e-3, 0.0))
   rng = np.random.default_rng(0)
   for _ in range(3):  # the trainer's own steps read values back, which NULL has not computed: its jitted pieces alone
-    x, y = Tokens().batch(rng, 1)
+    x, y = tokens.batch(rng, 1)
     trainer._micro_step(Tensor(x), Tensor(y)); trainer._update_step(Tensor([1.0]))
   return dict(kind=kind, base_bytes=qlora.base_bytes(model), held_bytes=GlobalCounters.mem_used)
 

@@ -46,8 +46,9 @@ def available(device: str) -> int:
   if (backend == "CPU" or backend == "CL" and devices.opencl_on_cpu()) and os.path.exists("/proc/meminfo"):
     with open("/proc/meminfo") as f: info = dict(line.split(":", 1) for line in f)
     free = int(info["MemAvailable"].split()[0]) * 1024
-    limit = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: a container's limit, or "max"
-    return min(free, int(limit.read_text())) if limit.exists() and limit.read_text().strip().isdigit() else free
+    cgroup = Path("/sys/fs/cgroup/memory.max")  # cgroup v2: a container's limit, or "max"
+    limit = cgroup.read_text().strip() if cgroup.exists() else ""
+    return min(free, int(limit)) if limit.isdigit() else free
   if backend == "CUDA" and fence.allows("asking CUDA its free memory"):
     import ctypes
     from tinygrad.runtime.autogen import cuda

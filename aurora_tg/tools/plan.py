@@ -120,10 +120,9 @@ def size(n: float) -> str: return f"{n / 1e9:,.2f} GB" if n >= 1e9 else f"{n / 1
 
 
 def describe(p: StepPlan, tokens_per_row: int, memory_bytes: float | None = None) -> str:
-  gb = size
-  fits = "" if memory_bytes is None else f" of {gb(HEADROOM * memory_bytes)} usable ({HEADROOM:.0%} of {gb(memory_bytes)}): " + \
+  fits = "" if memory_bytes is None else f" of {size(HEADROOM * memory_bytes)} usable ({HEADROOM:.0%} of {size(memory_bytes)}): " + \
          ("fits" if p.peak <= HEADROOM * memory_bytes else "does NOT fit")
   return (f"  {p.params / 1e6:,.2f}M parameters | micro-batch {p.micro_batch} x {tokens_per_row} tokens, {p.grad_accum} per step\n"
-          f"  weights {gb(p.weights)} | optimizer state and gradient sums {gb(p.optimizer_state)} | activations and the rest "
-          f"{gb(p.activations)}\n  peak {gb(p.peak)}{fits}\n"
-          f"  a step: {p.kernels:,} kernels, {p.flops / 1e9:,.1f} GFLOP, {gb(p.moved)} moved")
+          f"  weights {size(p.weights)} | optimizer state and gradient sums {size(p.optimizer_state)} | activations and the rest "
+          f"{size(p.activations)}\n  peak {size(p.peak)}{fits}\n"
+          f"  a step: {p.kernels:,} kernels, {p.flops / 1e9:,.1f} GFLOP, {size(p.moved)} moved")
