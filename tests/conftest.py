@@ -63,8 +63,8 @@ def run_main(main, args, stdin: str = "", cwd=None) -> subprocess.CompletedProce
   """An entry point (train.main, chat.main) run in this process as `python X.py ARGS < stdin` would run it: its exit
   code, stdout and stderr. In-process because tinygrad generates every kernel's code anew in each process (its disk
   cache keeps only compiled binaries, and generating takes about half a second a kernel here), so runs of one model
-  share that work. Two tests start the real scripts in a subprocess: test_ctrl_c_saves_and_resumes and
-  test_without_a_checkpoint_chat_says_to_train_one."""
+  share that work. Tests that need a real process (a signal from outside, a second process
+  holding a folder, a server) start the scripts in a subprocess."""
   from tinygrad.helpers import DEV
   def utf8_stream(text=""): return io.TextIOWrapper(io.BytesIO(text.encode()), encoding="utf-8")  # real streams, as scripts expect
   out, err, saved = utf8_stream(), utf8_stream(), (sys.stdin, DEV.value)

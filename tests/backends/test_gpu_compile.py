@@ -1,18 +1,21 @@
 """Every graph Aurora runs, at small shapes, compiled for NVIDIA GPUs without one: tinygrad's NULL device with the CUDA
-renderer (DEV=NULL:CUDA:sm_80, an A100; sm_90, an H100) generates each kernel and compiles it with NVIDIA's NVRTC
-(from PyPI, aurora_tg/backends/targets.py), and runs nothing. A kernel NVRTC rejects fails its test.
+renderer (DEV=NULL:CUDA:sm_80, an A100) generates each kernel, and NVIDIA's NVRTC (from PyPI,
+aurora_tg/backends/targets.py) compiles it for sm_80 and for sm_90 (an H100); nothing runs. A kernel NVRTC rejects
+fails its test. tinygrad generates the same kernels for both architectures (the first test checks it), so each is
+generated once; one GPT-2-shaped step is generated for sm_90 itself.
 
 The train step is compiled in three configurations that together take every dtype (float32, bfloat16, float16), MLP
-(gelu, swiglu, relu2), position scheme (learned, rope) and optimizer family (AdamW, Muon, Aurora) once; each further
-graph (gradient accumulation, data parallel, evaluation, SFT, LoRA, distillation, decoding in each sampling mode and
-as float16 and int8 weights, the batched serving step) once per architecture. Metal source is rendered for the same
-small train step; AMD compiles where tinygrad's AMD LLVM path works with the LLVM installed."""
-import dataclasses, os, sys, types
+(gelu, swiglu, relu2), position scheme (learned, rope) and optimizer family (AdamW, Muon, Aurora) once; then each
+further graph (gradient accumulation, data parallel, evaluation, SFT, LoRA, distillation, decoding in each sampling
+mode and as float16 and int8 weights, the batched serving step). Metal source is rendered for the same small train
+step; AMD compiles where tinygrad's AMD LLVM path works with the LLVM installed."""
+import dataclasses, functools, os, sys, types
 import numpy as np
 import pytest
-from tinygrad import Context, Device, Tensor, nn
+from tinygrad import Context, Device, Tensor, dtypes, nn
 from tinygrad.codegen import to_program_cache
 from tinygrad.device import Compiler
+from tinygrad.renderer import Renderer
 from aurora_tg import lora
 from aurora_tg.backends import host_copy, targets
 from aurora_tg.config import TrainSettings
@@ -26,7 +29,7 @@ from aurora_tg.model import GPT, GPTConfig, IGNORE_INDEX
 from aurora_tg.optim import adamw
 from aurora_tg.trainer import Trainer, build_optimizer
 
-ARCHS = ("sm_80", "sm_90")
+GENERATED, ALSO = "sm_80", "sm_90"  # kernels generated for the first, compiled for both
 SHAPE = dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=101)  # every graph's: each kernel compiles once
 BATCH = 4
 
@@ -35,14 +38,33 @@ if _missing and os.environ.get("CI") == "true": pytest.fail(f"CI installs NVIDIA
 pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
 
 
-@pytest.fixture(params=ARCHS)
-def cuda(request, monkeypatch):
-  """The NULL device compiling for the architecture; decoding must take tinygrad's public path there (no CPU-only
-  host copies), and NULL's copies out read zeros instead of refusing."""
+@pytest.fixture
+def cuda(monkeypatch):
+  """The NULL device generating kernels for sm_80; decoding must take tinygrad's public path there (no CPU-only host
+  copies), and NULL's copies out read zeros instead of refusing."""
   def private(*args): raise AssertionError("a CPU-only host copy ran on the GPU path")
   monkeypatch.setattr(host_copy, "_buffer", private)
-  with Context(DEV=f"NULL:CUDA:{request.param}", NULL_ALLOW_COPYOUT=1):
-    yield request.param
+  with Context(DEV=f"NULL:CUDA:{GENERATED}", NULL_ALLOW_COPYOUT=1):
+    yield GENERATED
+
+
+@functools.cache
+def renderer(arch: str) -> Renderer:
+  with Context(DEV=f"NULL:CUDA:{arch}"): return Device[Device.DEFAULT].renderer
+
+
+def test_sm_90_is_given_the_kernels_sm_80_is():
+  """tinygrad's CUDA renderer chooses by architecture only its tensor cores and dtypes, and sm_90's differ from sm_80's
+  in fp8 alone, which Aurora does not use: a bfloat16 and a float16 graph give the same source for both. Should a
+  tinygrad make them differ, this fails, and the tests below must generate for each architecture."""
+  without_fp8 = lambda r: ([tc for tc in r.tensor_cores if tc.dtype_in not in dtypes.fp8s], r.supported_dtypes() - set(dtypes.fp8s))
+  assert without_fp8(renderer(GENERATED)) == without_fp8(renderer(ALSO))
+  def sources(arch, dtype):
+    with Context(DEV=f"NULL:CUDA:{arch}"):
+      a = Tensor.empty(64, 64, dtype=dtype)
+      return compiles(arch, lambda: (a @ a.T).softmax(-1).sum(0).realize(), also=())
+  for dtype in (dtypes.bfloat16, dtypes.half):
+    assert sorted(sources(GENERATED, dtype)) == sorted(sources(ALSO, dtype)) != []
 
 
 def programs(arch: str) -> dict[tuple, tuple[str, str, bytes]]:
@@ -51,15 +73,19 @@ def programs(arch: str) -> dict[tuple, tuple[str, str, bytes]]:
           if key[2].renderer == "CUDA" and key[2].arch == arch}
 
 
-def compiles(arch: str, run) -> list[str]:
-  """Run a graph on the NULL device: each of its kernels is compiled then (or was, by an earlier graph of this file:
-  the graphs share their shapes, so each kernel compiles once). Returns the sources of the kernels new to it."""
+def compiles(arch: str, run, also=(ALSO,)) -> list[str]:
+  """Run a graph on the NULL device: each of its kernels is generated and compiled for the architecture then (or was,
+  by an earlier graph of this file: the graphs share their shapes, so each kernel compiles once), and each new one
+  is compiled for the `also` architectures too. Returns the sources of the kernels new to it."""
   before = set(programs(arch))
   run()
   compiled = programs(arch)
   assert compiled, "nothing was compiled (the graph ran on another device?)"
-  for name, _, binary in compiled.values(): assert binary[:4] == b"\x7fELF", f"{name}: NVRTC gave no cubin"
-  return [source for key, (_, source, _) in compiled.items() if key not in before]
+  new = [(name, source) for key, (name, source, _) in compiled.items() if key not in before]
+  binaries = [(name, binary) for name, _, binary in compiled.values()]
+  binaries += [(f"{name} for {other}", renderer(other).compiler.compile(source)) for other in also for name, source in new]
+  for name, binary in binaries: assert binary[:4] == b"\x7fELF", f"{name}: NVRTC gave no cubin"
+  return [source for _, source in new]
 
 
 def tokens(block_size: int = SHAPE["block_size"]) -> TokenData:
@@ -141,7 +167,7 @@ def test_a_gpt2_shaped_bfloat16_step_compiles_for_an_h100():
     model = GPT(GPTConfig(n_layer=1, n_head=12, n_embd=768, block_size=256, vocab_size=50304))
     s = TrainSettings(batch_size=1, dtype="bfloat16", optimizer="aurora")
     trainer = Trainer(model, TokenData((np.arange(4000) % 50257).astype(np.uint16), 256), s, build_optimizer(model, s))
-    new = compiles("sm_90", lambda: train_steps(trainer))
+    new = compiles("sm_90", lambda: train_steps(trainer), also=())
   assert sum("mma.sync" in source for source in new) >= 4
 
 
