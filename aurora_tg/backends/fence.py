@@ -10,7 +10,8 @@ What stands behind the fence, and why each is worth it (docs/architecture.md has
 - scatter.py: the token embedding's gradient as an atomic scatter-add kernel built from UOps (CPU, CL, CUDA, AMD).
 - kernel_search.py: BEAM's progress bar, drawn by replacing the tqdm tinygrad's compiler looks up.
 - memory.py: a step's peak memory, read where tinygrad's buffers allocate (the memory plan, `train.py --plan`), and
-  CUDA's free memory through tinygrad's driver bindings (`--batch-size auto`)."""
+  CUDA's free memory through tinygrad's driver bindings (`--batch-size auto`).
+- kernel_costs.py: each launched kernel's FLOPs and bytes, read where tinygrad adds them up (the roofline)."""
 import functools, importlib.metadata, sys
 
 WRITTEN_FOR = "0.14.0"

@@ -15,19 +15,29 @@ class Target:
   name: str
   renderer: str          # tinygrad's renderer (and architecture) for the NULL device: DEV=NULL:<renderer>
   memory: float          # bytes a run may fill: the card's memory, or on Apple the GPU's share of unified memory
+  # the vendor's peaks, for the roofline (tools/roofline.py): dense half-precision FLOP/s on matrix units (tensor
+  # cores, float32 accumulation), float32 FLOP/s elsewhere, memory bandwidth in bytes/s; 0 where unknown (a size)
+  matrix_flops: float = 0.0
+  vector_flops: float = 0.0
+  bandwidth: float = 0.0
 
   @property
   def null_device(self) -> str: return f"NULL:{self.renderer}" if self.renderer else "NULL"
 
 
-# Cards' memory in GiB, as their drivers report it. Metal's compiler exists only on macOS: Apple targets plan on the
-# NULL device's own renderer, whose kernels allocate what Metal's would (both take the embedding's public lookup,
-# scatter.py). macOS lets the GPU use about two thirds of a 16 GB machine's memory and three quarters of a larger one's.
+# Cards' memory in GiB, as their drivers report it; peaks from the vendors' data sheets (H100 and H200: SXM; A100:
+# SXM; RTX cards: bfloat16 with float32 accumulation, as tinygrad's CUDA matmuls accumulate). Metal's compiler exists
+# only on macOS: Apple targets plan on the NULL device's own renderer, whose kernels allocate what Metal's would (both
+# take the embedding's public lookup, scatter.py). macOS lets the GPU use about two thirds of a 16 GB machine's memory
+# and three quarters of a larger one's; Apple GPUs' matrix units run at their float32 rate.
+T, GB_S = 1e12, 1e9
 TARGETS = {t.name: t for t in (
-  Target("h100", "CUDA:sm_90", 80 * GIB), Target("h200", "CUDA:sm_90", 141 * GIB),
-  Target("a100-80gb", "CUDA:sm_80", 80 * GIB), Target("a100-40gb", "CUDA:sm_80", 40 * GIB),
-  Target("l4", "CUDA:sm_89", 24 * GIB), Target("rtx4090", "CUDA:sm_89", 24 * GIB), Target("rtx3090", "CUDA:sm_86", 24 * GIB),
-  Target("m2-16gb", "", 16 * GIB * 2 / 3), Target("m3-max-64gb", "", 64 * GIB * 3 / 4),
+  Target("h100", "CUDA:sm_90", 80 * GIB, 989 * T, 67 * T, 3350 * GB_S), Target("h200", "CUDA:sm_90", 141 * GIB, 989 * T, 67 * T, 4800 * GB_S),
+  Target("a100-80gb", "CUDA:sm_80", 80 * GIB, 312 * T, 19.5 * T, 2039 * GB_S),
+  Target("a100-40gb", "CUDA:sm_80", 40 * GIB, 312 * T, 19.5 * T, 1555 * GB_S),
+  Target("l4", "CUDA:sm_89", 24 * GIB, 121 * T, 30.3 * T, 300 * GB_S), Target("rtx4090", "CUDA:sm_89", 24 * GIB, 165 * T, 82.6 * T, 1008 * GB_S),
+  Target("rtx3090", "CUDA:sm_86", 24 * GIB, 71 * T, 35.6 * T, 936 * GB_S),
+  Target("m2-16gb", "", 16 * GIB * 2 / 3, 3.6 * T, 3.6 * T, 100 * GB_S), Target("m3-max-64gb", "", 64 * GIB * 3 / 4, 14.2 * T, 14.2 * T, 400 * GB_S),
 )}
 SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(MB|GB|MiB|GiB)", re.IGNORECASE)
 UNITS = {"mb": 1e6, "gb": 1e9, "mib": 2 ** 20, "gib": GIB}
