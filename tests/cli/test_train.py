@@ -150,14 +150,15 @@ def assert_resume_equals_uninterrupted(monkeypatch, tmp_path, *args):
 
 
 def test_resume_takes_every_setting_from_the_record(monkeypatch, tmp_path, text_file):
-  """With gradient accumulation, mixed precision, a matrix optimizer and data parallel over a count of devices."""
+  """With gradient accumulation, mixed precision, an optimizer other than the default and data parallel over a count of
+  devices (Aurora over two devices, resumed on one: tests/test_trainer.py)."""
   from tinygrad import Device
   resumed, record = assert_resume_equals_uninterrupted(
     monkeypatch, tmp_path, "--stage", "pretrain", "--size", "tiny", "--data", text_file, "--steps", "4", "--eval-every", "3",
-    "--batch-size", "4", "--grad-accum", "2", "--lr", "0.02", "--dtype", "float16", "--optimizer", "muon", "--seed", "3", "--devices", "2")
+    "--batch-size", "4", "--grad-accum", "2", "--lr", "0.02", "--dtype", "float16", "--optimizer", "adamw", "--seed", "3", "--devices", "2")
   two = tuple(f"{Device.DEFAULT.split(':')[0]}:{i}" for i in range(2))  # --devices 2: the default backend's first two
   assert record.run.train.devices == two and f"devices {','.join(two)}, float16 compute" in resumed.stdout
-  assert (record.run.train.grad_accum, record.run.train.optimizer, record.run.train.seed) == (2, "muon", 3)
+  assert (record.run.train.grad_accum, record.run.train.optimizer, record.run.train.seed) == (2, "adamw", 3)
 
 
 # qlora: LoRA's own flags too (a LoRA run over a float base resumes the same way, less the quantizing)

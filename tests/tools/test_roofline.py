@@ -1,13 +1,16 @@
-"""The roofline of a training step (aurora_tg/tools/roofline.py): each kernel's bound against hand-computed figures,
-the model's FLOPs against nanoGPT's count, and a whole step's kernels against what the memory plan counts of the same
-step through tinygrad's counters."""
+"""The roofline of a training step (aurora_tg/tools/roofline.py) and bench/gpu_model.py, which prints it: each
+kernel's bound against hand-computed figures, the model's FLOPs against nanoGPT's count, and a whole step's kernels
+against what the memory plan counts of the same step through tinygrad's counters."""
+import re, runpy, sys
 import pytest
 from dataclasses import replace
 from aurora_tg.backends import targets
 from aurora_tg.backends.kernel_costs import KernelCost
-from aurora_tg.config import TrainSettings
+from aurora_tg.cli.plan import pretraining
+from aurora_tg.cli.train import machine
 from aurora_tg.model import GPTConfig, PRESETS
 from aurora_tg.tools import plan, roofline
+from conftest import ROOT
 
 pytestmark = pytest.mark.skipif(targets.use_nvidia_compiler() is not None, reason="NVIDIA's compiler is not installed")
 H100 = targets.TARGETS["h100"]
@@ -30,16 +33,28 @@ def test_the_models_flops_are_nanogpts_count():
 
 
 def test_a_steps_roofline_counts_what_the_memory_plan_counts():
-  """A small model's bfloat16 step, two micro-batches and the update, compiled for an H100."""
-  model_cfg = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=32, vocab_size=101)
-  s = TrainSettings(batch_size=2, grad_accum=2, dtype="bfloat16", optimizer="adamw")
+  """The tiny preset's bfloat16 step, two micro-batches and the update, compiled for an H100."""
+  cfg, model_cfg = pretraining(dict(size="tiny", dtype="bfloat16", optimizer="adamw", plan_for="h100"), machine("CPU"))
+  s = replace(cfg.train, batch_size=4, grad_accum=2)
   r = roofline.train_step(model_cfg, s, H100)
   counted = plan.measure(model_cfg, s, H100.null_device)
   assert (r.flops, r.moved, len(r.kernels)) == (counted.flops, counted.moved, counted.kernels)
-  assert r.tokens == 4 * 32 and r.flops > r.model_flops > 0
+  assert r.tokens == 8 * model_cfg.block_size and r.flops > r.model_flops > 0
   assert r.seconds == pytest.approx(sum(roofline.bound(k, H100) for k in r.kernels)) and r.tokens_per_s == r.tokens / r.seconds
   assert r.mfu == pytest.approx(r.model_flops / r.seconds / 989e12)
   largest = r.largest(len(r.kernels))
   assert [row[2] for row in largest] == sorted((row[2] for row in largest), reverse=True)
   assert sum(row[1] for row in largest) == len(r.kernels) and sum(row[2] for row in largest) == pytest.approx(r.seconds)
   assert any(row[0].matrix_dtype == "bfloat16" for row in largest)
+
+
+def test_the_roofline_bench_prints_its_figures_and_largest_kernels(monkeypatch, capsys):
+  """bench/gpu_model.py, here rather than in tests/bench: run in this process, it reuses the kernels just compiled."""
+  monkeypatch.setattr(sys, "argv", ["gpu_model.py", "--size", "tiny", "--batch-size", "4", "--top", "3", "--no-save"])
+  runpy.run_path(str(ROOT / "bench" / "gpu_model.py"), run_name="__main__")
+  out = capsys.readouterr().out
+  figures = dict(re.findall(r"^\| ([a-zA-Z/ ]+) \| (.+) \|$", out, re.M))
+  assert float(figures["MFU at most"].rstrip("%")) > 0 and float(figures["least time a step"].split()[0]) > 0
+  kernels = [line.split("|") for line in out.splitlines() if line.startswith("| `")]
+  assert len(kernels) == 3 and [float(k[6].split()[0]) for k in kernels] == sorted((float(k[6].split()[0]) for k in kernels), reverse=True)
+  assert "appended" not in out
