@@ -7,7 +7,7 @@ bench/results/gpu_model.md:
 The step (one micro-batch and the update, as one optimizer step of --batch-size sequences) is compiled for the GPU on
 tinygrad's NULL device. Printed: kernels, FLOPs against the model's own (6N a token plus attention), bytes moved (a
 step, a token), peak memory (the memory plan's), the least time the step can take on the GPU, and so at most which
-tokens/s and MFU, and the kernels with the largest bounds. GPT-2 124M takes several minutes to compile here."""
+tokens/s and MFU, and the kernels with the largest bounds. GPT-2 124M takes a minute or two here."""
 import argparse, datetime, platform, sys, time
 from dataclasses import replace
 from pathlib import Path
@@ -53,12 +53,12 @@ def main():
   target = targets.TARGETS[args.gpu]
   cfg, model_cfg = pretraining(dict(size=args.size, dtype=args.dtype, optimizer=args.optimizer, plan_for=args.gpu), machine("CPU"))
   s = replace(cfg.train, batch_size=args.batch_size, grad_accum=1)
-  print(f"compiling {args.size}'s step ({args.dtype}, {args.optimizer}, {args.batch_size} x {model_cfg.block_size}) for "
-        f"{args.gpu} on {target.null_device}...", flush=True)
+  print(f"compiling and planning {args.size}'s step ({args.dtype}, {args.optimizer}, {args.batch_size} x {model_cfg.block_size}) "
+        f"for {args.gpu} on {target.null_device}...", flush=True)
   start = time.perf_counter()
   r = roofline.train_step(model_cfg, s, target)
-  print(f"compiled in {time.perf_counter() - start:.0f}s; planning its memory...", flush=True)
-  peak = plan.measure(model_cfg, s, target.null_device).peak
+  print(f"done in {time.perf_counter() - start:.0f}s", flush=True)
+  peak = plan.measure(model_cfg, s, target.null_device).peak  # the plan the roofline was read from
   command = " ".join(["python bench/gpu_model.py", *sys.argv[1:]])
   section = (f"## {args.size}, {args.dtype}, {args.optimizer}, {args.batch_size} x {model_cfg.block_size} tokens a step, on "
              f"{args.gpu} (`{command}`, {datetime.date.today().isoformat()})\n\n{report(r, peak, args.top)}\n")

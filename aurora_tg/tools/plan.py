@@ -14,8 +14,9 @@ import numpy as np
 from tinygrad import Context, Device, GlobalCounters, nn
 from aurora_tg import UserError
 from aurora_tg.backends import memory
+from aurora_tg.backends.kernel_costs import KernelCost, kernel_costs
 from aurora_tg.config import TrainSettings
-from aurora_tg.model import GPT, GPTConfig
+from aurora_tg.model import GPT, GPTConfig, num_params
 from aurora_tg.trainer import Trainer, build_optimizer
 
 HEADROOM = 0.9  # of a device's memory a plan fills at most: the rest for the CUDA context, fragmentation, the host side
@@ -34,6 +35,7 @@ class StepPlan:
   flops: int              # per optimizer step (every micro-batch and the update)
   moved: int              # bytes read and written per optimizer step, as tinygrad estimates each kernel's
   kernels: int            # kernels per optimizer step
+  step_kernels: tuple[KernelCost, ...]  # each kernel launch of an optimizer step, with its cost (tools/roofline.py)
 
   @property
   def activations(self) -> int: return self.peak - self.weights - self.optimizer_state
@@ -72,12 +74,14 @@ def measure(model_cfg: GPTConfig, s: TrainSettings, device: str) -> StepPlan:
     evaluate, micro, update = (lambda: trainer._eval_step(*batch("val"))), (lambda: trainer._micro_step(*batch("train"))), \
                               (lambda: trainer._update_step(trainer.tensor([1.0], axis=None)))
     evaluate()
-    micro_cost, update_cost = counted(micro), counted(update)  # TinyJit's first call runs each kernel as later calls replay them
+    # TinyJit's first call runs each kernel as later calls replay them
+    with kernel_costs() as micro_kernels: micro_cost = counted(micro)
+    with kernel_costs() as update_kernels: update_cost = counted(update)
     micro(), update(), micro(), update(), evaluate(), evaluate()  # TinyJit's capture, a replay
     peak = held()
   flops, moved, kernels = (s.grad_accum * m + u for m, u in zip(micro_cost, update_cost))
-  return StepPlan(s.batch_size, s.grad_accum, sum(p.numel() for p in nn.state.get_parameters(model)), weights, optimizer_state,
-                  peak, flops, moved, kernels)
+  return StepPlan(s.batch_size, s.grad_accum, num_params(model), weights, optimizer_state, peak, flops, moved, kernels,
+                  tuple(micro_kernels * s.grad_accum + update_kernels))
 
 
 def counted(run) -> tuple[int, int, int]:

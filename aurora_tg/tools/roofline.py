@@ -1,18 +1,16 @@
 """The roofline of a training step on a GPU, without one: the step compiled for the target on tinygrad's NULL device
-(as the memory plan runs it, plan.py), each kernel's FLOPs and bytes as tinygrad estimates them, and the least time
+(the memory plan's run of it, plan.py), each kernel's FLOPs and bytes as tinygrad estimates them, and the least time
 the target could take over it: max(FLOPs / peak, bytes / bandwidth), the peak being the matrix units' for a kernel on
-tensor cores (half of it for float32's TF32) and the float32 rate for the rest. No kernel runs faster than that, so the sum bounds the step's
-tokens/s and MFU from above; the kernels with the largest bounds are where the step's time must go."""
+tensor cores (half of it for float32's TF32) and the float32 rate for the rest. No kernel runs faster than that, so
+the sum bounds the step's tokens/s and MFU from above; the kernels with the largest bounds are where the step's time
+must go."""
 from dataclasses import dataclass
-import numpy as np
-from tinygrad import Context
 from aurora_tg import UserError
-from aurora_tg.backends.kernel_costs import KernelCost, kernel_costs
+from aurora_tg.backends.kernel_costs import KernelCost
 from aurora_tg.backends.targets import Target
 from aurora_tg.config import TrainSettings
-from aurora_tg.model import GPT, GPTConfig, num_params
-from aurora_tg.tools.plan import RandomTokens
-from aurora_tg.trainer import Trainer, build_optimizer
+from aurora_tg.model import GPTConfig
+from aurora_tg.tools import plan
 
 
 def bound(cost: KernelCost, target: Target) -> float:
@@ -27,7 +25,7 @@ class Roofline:
   target: Target
   tokens: int            # trained per step
   model_flops: float     # the model's own FLOPs per step (model_flops_per_token)
-  kernels: list[KernelCost]
+  kernels: tuple[KernelCost, ...]
 
   @property
   def flops(self) -> int: return sum(k.flops for k in self.kernels)
@@ -56,15 +54,9 @@ def model_flops_per_token(cfg: GPTConfig, params: int) -> float:
 
 
 def train_step(model_cfg: GPTConfig, s: TrainSettings, target: Target) -> Roofline:
-  """The roofline of one optimizer step: s.grad_accum micro-batches of s.batch_size sequences, and the update."""
+  """The roofline of one optimizer step: s.grad_accum micro-batches of s.batch_size sequences, and the update, as the
+  memory plan of the step on the target's NULL device launches them."""
   if not target.bandwidth: raise UserError(f"{target.name} has no known peak FLOP/s and bandwidth; name a GPU")
-  data = RandomTokens(model_cfg.block_size, model_cfg.vocab_size)
-  x, y = data.batch(np.random.default_rng(0), s.batch_size)
-  with Context(DEV=target.null_device, NULL_ALLOW_COPYOUT=1):
-    model = GPT(model_cfg)
-    trainer = Trainer(model, data, s, build_optimizer(model, s))
-    # TinyJit's first call launches each kernel as later calls replay them; every micro-batch's are the same
-    with kernel_costs() as micro: trainer._micro_step(trainer.tensor(x), trainer.tensor(y))
-    with kernel_costs() as update: trainer._update_step(trainer.tensor([1.0], axis=None))
+  step = plan.measure(model_cfg, s, target.null_device)
   tokens = s.grad_accum * s.batch_size * model_cfg.block_size
-  return Roofline(target, tokens, tokens * model_flops_per_token(model_cfg, num_params(model)), micro * s.grad_accum + update)
+  return Roofline(target, tokens, tokens * model_flops_per_token(model_cfg, step.params), step.step_kernels)
