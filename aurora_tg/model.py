@@ -146,12 +146,12 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = N
   Tq, Tk = q.shape[2], k.shape[2]
   # One query (decoding): the product with each key summed over the head's width. As a matmul, tinygrad turned the
   # cache's view of symbolic length into index arithmetic dividing by that length, and the kernel ran 2x slower.
-  products = (q * k).sum(-1).unsqueeze(-2) if Tq == 1 else q @ k.transpose(-1, -2)
+  products = (q * k).sum(-1).unsqueeze(-2) if Tq == 1 else (q @ k.transpose(-1, -2)).contiguous_backward()
   scores = products * (1.0 / math.sqrt(q.shape[-1]))
   if visible is not None: scores = visible.where(scores, float("-inf"))
   # a single query is the newest position and sees every key: no mask, which lets Tk stay symbolic when decoding
   elif Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool", device=scores.device).tril(Tk - Tq).where(scores, float("-inf"))
-  return stored(softmax(scores)) @ v
+  return stored(softmax(stored(scores))).contiguous_backward() @ v
 
 
 class NoCache:
@@ -183,11 +183,17 @@ class Attention:
   def __call__(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache=NO_CACHE, layer: int = 0) -> Tensor:
     """x's tokens attend to the keys the cache gives this layer (NoCache: to each other)."""
     B, T, C = x.shape
-    q, k, v = [t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(C, dim=-1)]
+    # The gradients of q, k and v, and of their concatenation, are stored: else tinygrad fuses the three attention
+    # matmuls whose outputs they are into one kernel over the concatenation, off the tensor cores and recomputing the
+    # scores (a quarter of GPT-2's step on an H100, bench/results/gpu_model.md), and the c_attn matmuls that read it too
+    qkv = self.c_attn(x).contiguous_backward().split(C, dim=-1)
+    q, k, v = [t.reshape(B, T, self.n_head, self.head_dim).transpose(1, 2).contiguous_backward() for t in qkv]
     if rope is not None: q, k = stored(apply_rope(q, *rope)), stored(apply_rope(k, *rope))
     k, v, visible = cache.update(layer, k, v)
     y = causal_attention(q, k, v, visible)
-    return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+    # stored with the heads side by side: c_proj's two backward matmuls read it, and left a view of (B, H, T, D),
+    # tinygrad compiled neither for the tensor cores
+    return self.c_proj(y.transpose(1, 2).reshape(B, T, C).contiguous())
 
 
 class MLP:
@@ -236,6 +242,16 @@ class TiedEmbedding:
     """Hidden states (..., dim) -> logits (..., rows of the table)."""
     return x @ self.weight.cast(x.dtype).T
 
+  def project_padded(self, x: Tensor, multiple: int = 64) -> Tensor:
+    """As project, over the table's rows zero-padded to a multiple of `multiple`, whose logits are -inf: training's
+    LM head (GPT.loss). tinygrad puts a matmul on tensor cores only when its shape tiles, and GPT-2's 50,261 rows do
+    not: the head's three matmuls were a third of GPT-2's step on an H100 (bench/results/gpu_model.md). The padded
+    copy and its gradient are stored whole, or tinygrad narrows the matmuls back to the odd width."""
+    rows = self.weight.shape[0]
+    if not (pad := -rows % multiple): return self.project(x)
+    logits = x @ self.weight.cast(x.dtype).pad(((0, pad), (0, 0))).contiguous_backward().contiguous().T
+    return (Tensor.arange(rows + pad).to(logits.device) < rows).where(logits, float("-inf"))
+
 
 class GPT:
   def __init__(self, cfg: GPTConfig):
@@ -254,6 +270,10 @@ class GPT:
     to the token embedding.
     With a KV cache (aurora_tg/inference/kv_cache.py), idx holds the tokens at the positions the cache gives, they
     attend to the keys it holds too, and only the tokens it picks give logits."""
+    return self.mask_padding(self.wte.project(self.hidden(idx, cache)))
+
+  def hidden(self, idx: Tensor, cache=NO_CACHE) -> Tensor:
+    """Token ids (B, T) -> the final hidden states (B, T, n_embd) the LM head reads (as __call__, less the head)."""
     B, T = idx.shape
     if T > self.cfg.block_size: raise ValueError(f"sequence of {T} tokens is longer than the context ({self.cfg.block_size})")
     positions = cache.positions(T)
@@ -265,10 +285,13 @@ class GPT:
       # (T, D/2) or (B, 1, T, D/2): broadcast over the heads of q and k (B, H, T, D/2)
       rope = tuple(table[positions].unsqueeze(-3) for table in rope_tables(self.cfg.head_dim, self.cfg.block_size))
     for i, block in enumerate(self.h): x = block(x, rope, cache, i)
-    logits = self.wte.project(self.ln_f(cache.pick(x)))
+    return self.ln_f(cache.pick(x))
+
+  def mask_padding(self, logits: Tensor) -> Tensor:
+    """The logits of rows past the vocabulary (a padded head) made -inf, never chosen nor learned."""
     if logits.shape[-1] == self.cfg.vocab_size: return logits
-    # a head padded for decoding (TiedEmbedding.pad_rows) has rows past the vocabulary: their logits are -inf, never
-    # chosen. The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower
+    # The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower (pad_rows), and
+    # training's head is padded for the tensor cores (project_padded)
     return (Tensor.arange(logits.shape[-1]).to(logits.device) < self.cfg.vocab_size).where(logits, float("-inf"))
 
   @property
@@ -279,7 +302,7 @@ class GPT:
 
   def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over the targets that are not IGNORE_INDEX."""
-    return cross_entropy(self(idx), targets)
+    return cross_entropy(self.wte.project_padded(self.hidden(idx)), targets)
 
 
 def num_params(model: GPT) -> int:

@@ -164,7 +164,7 @@ def test_a_gpt2_shaped_bfloat16_step_compiles_for_an_h100():
   """GPT-2 124M's own widths and vocabulary (one of its twelve identical layers, one sequence of 256: the kernels of
   the full model, fewer of them) in bfloat16 with the default optimizer: its tensor-core matmuls at GPT-2's sizes."""
   with Context(DEV="NULL:CUDA:sm_90", NULL_ALLOW_COPYOUT=1):
-    model = GPT(GPTConfig(n_layer=1, n_head=12, n_embd=768, block_size=256, vocab_size=50304))
+    model = GPT(GPTConfig(n_layer=1, n_head=12, n_embd=768, block_size=256, vocab_size=50261))
     s = TrainSettings(batch_size=1, dtype="bfloat16", optimizer="aurora")
     trainer = Trainer(model, TokenData((np.arange(4000) % 50257).astype(np.uint16), 256), s, build_optimizer(model, s))
     new = compiles("sm_90", lambda: train_steps(trainer), also=())

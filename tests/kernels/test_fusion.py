@@ -8,9 +8,11 @@ read the measured counts from the failure message, check that the change is the 
 kernel), and write them into PINNED below. The counts depend on tinygrad's version, which pyproject.toml pins."""
 import numpy as np
 import pytest
-from tinygrad import Tensor, GlobalCounters
+from tinygrad import Context, GlobalCounters, Tensor, dtypes, nn
 from tinygrad.codegen import to_program_cache
 from tinygrad.engine.realize import runtime_cache
+from aurora_tg.backends import targets
+from aurora_tg.backends.kernel_costs import kernel_costs
 from aurora_tg.data.shards import TokenData
 from aurora_tg.inference.generate import Generator
 from aurora_tg.inference.kv_cache import SequenceCache
@@ -23,8 +25,10 @@ from kernel_check import on
 SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97)
 # kernels for: the loss (forward only), one micro-batch (forward, backward, gradient accumulation), one optimizer
 # update (clipping, AdamW), and that update with the neuron-death statistics (--diagnostics); SHAPE, batch 4, AdamW.
-# The micro-batch has three for the embedding's scatter-add (zeroing, adding, the sum with the tied head's gradient).
-PINNED = {"CPU": (40, 138, 261, 267), "CL": (40, 138, 259, 265)}
+# The micro-batch has three for the embedding's scatter-add (zeroing, adding, the sum with the tied head's gradient);
+# the loss one for the head's rows padded to 128 (97 rows do not tile), the micro-batch further stores that the GPU
+# step needs to stay on tensor cores (the head's padded gradient, attention's q, k, v, scores and their gradients).
+PINNED = {"CPU": (41, 145, 261, 267), "CL": (41, 145, 259, 265)}
 
 
 def kernels_of(fn, *args) -> int:
@@ -125,3 +129,32 @@ def test_quantized_weights_add_no_kernels_to_a_decode_step(backend, kind):
       generator.prefill([1, 2, 3])
       counts.append(kernels_of(lambda: generator.model(Tensor([[4]]), SequenceCache(generator.kv, 3))[:, -1]))
   assert counts[1] == counts[0], f"{backend}: {kind} weights take {counts[1]} kernels per decoded token, float32 {counts[0]}"
+
+
+# GPT-2 124M's step on an H100 (bench/gpu_model.py): the bytes one layer and the vocabulary head move per token,
+# forward and backward, at most. One sequence, so the head's weights weigh in more than at batch 16.
+PINNED_BYTES_PER_TOKEN = 3.25e6
+NVRTC_MISSING = targets.use_nvidia_compiler()  # at collection: tinygrad reads NVRTC_PATH when it first loads NVRTC
+
+
+def test_a_gpt2_layer_and_head_move_at_most_the_pinned_bytes_on_an_h100():
+  """One GPT-2 layer with its head (50,261 rows), bfloat16, a sequence of 1,024, its micro-batch compiled for an H100
+  on tinygrad's NULL device (nothing runs): the bytes its kernels move per token stay under the pin, and nearly all
+  its FLOPs are on tensor cores. Scores stored in float32 again, or a matmul fused off the tensor cores (the head at
+  its odd width; attention's three backward matmuls into one), fails here."""
+  if NVRTC_MISSING: pytest.skip(NVRTC_MISSING)
+  with Context(DEV="NULL:CUDA:sm_90", NULL_ALLOW_COPYOUT=1):
+    model = GPT(GPTConfig(n_layer=1, n_head=12, n_embd=768, block_size=1024, vocab_size=50261))
+    model.compute_dtype = dtypes.bfloat16
+    params = nn.state.get_parameters(model)
+    tokens = Tensor(np.arange(1024, dtype=np.int32).reshape(1, 1024)).realize()
+    Tensor.realize(*params)
+    with Context(TRAINING=1), kernel_costs() as costs:
+      for p in params: p.requires_grad = True
+      loss = model.loss(tokens, tokens)
+      loss.backward()
+      Tensor.realize(loss, *[p.grad for p in params])
+  per_token = sum(k.moved for k in costs) / 1024
+  assert per_token <= PINNED_BYTES_PER_TOKEN, f"{per_token / 1e6:.2f} MB a token, pinned {PINNED_BYTES_PER_TOKEN / 1e6:.2f}"
+  off_tensor_cores = sum(k.flops for k in costs if not k.matrix_dtype)
+  assert off_tensor_cores <= 0.02 * sum(k.flops for k in costs), [k.name for k in costs if not k.matrix_dtype and k.flops > 1e9]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import reference as ref
 from tinygrad import Tensor
-from aurora_tg.model import gelu, softmax
+from aurora_tg.model import cross_entropy, gelu, softmax
 from kernel_check import check, normal, on
 
 WRONG = {"doubled": 2.0, "halved": 0.5, "sign-flipped": -1.0}
@@ -41,3 +41,15 @@ def test_a_wrong_embedding_gradient_fails(backend, dtype):
     for name, wrong in WRONG.items():
       factor.assign(Tensor([wrong])).realize()
       with pytest.raises(AssertionError, match="gradient of input"): check(scaled, lambda ids, weight: weight[ids], [ids, table], dtype)
+
+
+def test_an_unmasked_padded_head_fails(backend, dtype):
+  """The padded LM head's check bites: its padding rows' logits left at 0 rather than -inf change the loss and the
+  gradients (5 rows padded to 8)."""
+  from test_layers import head_loss, padded_head_loss
+  rng = np.random.default_rng(0)
+  x, table, targets = normal(rng, 13, 13), normal(rng, 5, 13, scale=13 ** -0.5), rng.integers(0, 5, 13)
+  def unmasked(x, table, targets): return cross_entropy(x @ table.pad(((0, 3), (0, 0))).T, targets)
+  with on(backend):
+    check(padded_head_loss, head_loss, [x, table, targets], dtype)
+    with pytest.raises(AssertionError): check(unmasked, head_loss, [x, table, targets], dtype)

@@ -92,6 +92,27 @@ def test_cross_entropy_ignores_targets(backend, dtype, rows, vocab, scale, seed)
   with on(backend): check(cross_entropy, ref.cross_entropy, [logits, targets], dtype, seed)
 
 
+@given(rows=SIZES, vocab=SIZES, dim=SIZES, seed=SEEDS)
+@example(rows=13, vocab=13, dim=13, seed=0)  # 13 rows padded to 16: three -inf logits in each row
+def test_padded_head_loss(backend, dtype, rows, vocab, dim, seed):
+  """Training's LM head and loss (GPT.loss): the tied table's rows padded to a multiple (of 8 here, 64 in GPT.loss)
+  with -inf logits, which must give the plain head's loss and gradients, the padding's gradient left out."""
+  rng = np.random.default_rng(seed)
+  x, table = normal(rng, rows, dim), normal(rng, vocab, dim, scale=dim ** -0.5)
+  targets = np.where(rng.random(rows) < 0.3, ref.IGNORE_INDEX, rng.integers(0, vocab, rows))
+  targets[rng.integers(rows)] = rng.integers(vocab)  # at least one counted target
+  with on(backend): check(padded_head_loss, head_loss, [x, table, targets], dtype, seed)
+
+
+def padded_head_loss(x: Tensor, table: Tensor, targets: Tensor) -> Tensor:
+  head = TiedEmbedding(*table.shape)
+  head.weight = table
+  return cross_entropy(head.project_padded(x, multiple=8), targets)
+
+
+def head_loss(x: np.ndarray, table: np.ndarray, targets: np.ndarray) -> np.ndarray: return ref.cross_entropy(x @ table.T, targets)
+
+
 @given(rows=SMALL_SIZES, dim=SIZES, hidden=SIZES, kind=st.sampled_from(["gelu", "swiglu", "relu2"]), seed=SEEDS)
 # pre-activations of scale ~1 (weights scaled by fan-in^-1/2), where GELU and SiLU curve
 @example(rows=3, dim=13, hidden=13, kind="gelu", seed=0)  # GPT-2's MLP
