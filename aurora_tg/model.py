@@ -302,7 +302,9 @@ class GPT:
 
   def loss(self, idx: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy over the targets that are not IGNORE_INDEX."""
-    return cross_entropy(self.wte.project_padded(self.hidden(idx)), targets)
+    # the logits and their gradient stored in the compute dtype: else the head's matmul writes them in float32 for the
+    # loss's passes, and the loss's gradient is float32 for the two backward matmuls (twice the bytes of bfloat16)
+    return cross_entropy(stored(self.wte.project_padded(self.hidden(idx))).contiguous_backward(), targets)
 
 
 def num_params(model: GPT) -> int:
