@@ -191,9 +191,11 @@ class Attention:
     if rope is not None: q, k = stored(apply_rope(q, *rope)), stored(apply_rope(k, *rope))
     k, v, visible = cache.update(layer, k, v)
     y = causal_attention(q, k, v, visible)
-    # stored with the heads side by side: c_proj's two backward matmuls read it, and left a view of (B, H, T, D),
-    # tinygrad compiled neither for the tensor cores
-    return self.c_proj(y.transpose(1, 2).reshape(B, T, C).contiguous())
+    # stored as the attention matmul writes it, then copied with the heads side by side for c_proj: written straight
+    # into c_proj's layout the attention matmul, and read as a view of (B, H, T, D) c_proj's two backward matmuls,
+    # miss the tensor cores. A decoded token's (T = 1) needs no copy, and decoding no more kernels.
+    y = y.transpose(1, 2).reshape(B, T, C) if T == 1 else stored(y).transpose(1, 2).reshape(B, T, C).contiguous()
+    return self.c_proj(y)
 
 
 class MLP:

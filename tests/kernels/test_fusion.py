@@ -27,8 +27,9 @@ SHAPE = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=97)
 # update (clipping, AdamW), and that update with the neuron-death statistics (--diagnostics); SHAPE, batch 4, AdamW.
 # The micro-batch has three for the embedding's scatter-add (zeroing, adding, the sum with the tied head's gradient);
 # the loss one for the head's rows padded to 128 (97 rows do not tile), the micro-batch further stores that the GPU
-# step needs to stay on tensor cores (the head's padded gradient, attention's q, k, v, scores and their gradients).
-PINNED = {"CPU": (41, 145, 261, 267), "CL": (41, 145, 259, 265)}
+# step needs to stay on tensor cores (the head's padded gradient, attention's q, k, v, scores and their gradients),
+# and the forward one a layer for attention's output copied with the heads side by side.
+PINNED = {"CPU": (43, 147, 261, 267), "CL": (43, 147, 259, 265)}
 
 
 def kernels_of(fn, *args) -> int:
@@ -139,9 +140,9 @@ NVRTC_MISSING = targets.use_nvidia_compiler()  # at collection: tinygrad reads N
 
 def test_a_gpt2_layer_and_head_move_at_most_the_pinned_bytes_on_an_h100():
   """One GPT-2 layer with its head (50,261 rows), bfloat16, a sequence of 1,024, its micro-batch compiled for an H100
-  on tinygrad's NULL device (nothing runs): the bytes its kernels move per token stay under the pin, and nearly all
-  its FLOPs are on tensor cores. Scores stored in float32 again, or a matmul fused off the tensor cores (the head at
-  its odd width; attention's three backward matmuls into one), fails here."""
+  on tinygrad's NULL device (nothing runs): the bytes its kernels move per token stay under the pin, and every
+  matmul runs on tensor cores. Scores stored in float32 again, or a matmul fused off the tensor cores (the head at its
+  odd width; attention's three backward matmuls into one; its output written in c_proj's layout), fails here."""
   if NVRTC_MISSING: pytest.skip(NVRTC_MISSING)
   with Context(DEV="NULL:CUDA:sm_90", NULL_ALLOW_COPYOUT=1):
     model = GPT(GPTConfig(n_layer=1, n_head=12, n_embd=768, block_size=1024, vocab_size=50261))
@@ -156,5 +157,5 @@ def test_a_gpt2_layer_and_head_move_at_most_the_pinned_bytes_on_an_h100():
       Tensor.realize(loss, *[p.grad for p in params])
   per_token = sum(k.moved for k in costs) / 1024
   assert per_token <= PINNED_BYTES_PER_TOKEN, f"{per_token / 1e6:.2f} MB a token, pinned {PINNED_BYTES_PER_TOKEN / 1e6:.2f}"
-  off_tensor_cores = sum(k.flops for k in costs if not k.matrix_dtype)
-  assert off_tensor_cores <= 0.02 * sum(k.flops for k in costs), [k.name for k in costs if not k.matrix_dtype and k.flops > 1e9]
+  matmuls_off_tensor_cores = [k.name for k in costs if not k.matrix_dtype and k.flops > 1e9]  # a matmul's are 1.6 GFLOP and up
+  assert not matmuls_off_tensor_cores
