@@ -151,6 +151,10 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, visible: Tensor | None = N
   if visible is not None: scores = visible.where(scores, float("-inf"))
   # a single query is the newest position and sees every key: no mask, which lets Tk stay symbolic when decoding
   elif Tq > 1: scores = Tensor.ones(Tq, Tk, dtype="bool", device=scores.device).tril(Tk - Tq).where(scores, float("-inf"))
+  # The scores, the probabilities and the gradients of the probabilities and of the products are stored in the
+  # compute dtype: else the matmuls write them in float32 for the softmax (which runs in float32), and its passes over
+  # them move twice the bytes; with the products' gradient stored, the two matmuls that read it stay on the tensor
+  # cores (bench/results/gpu_model.md).
   return stored(softmax(stored(scores))).contiguous_backward() @ v
 
 

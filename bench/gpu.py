@@ -8,7 +8,8 @@ under 8 minutes (not yet run on a GPU: how long each part takes there is the fir
 2. the memory plan of the preset's bfloat16 step (aurora_tg/tools/plan.py, compiled on tinygrad's NULL device for this
    GPU's architecture) against the peak the same step reaches on the GPU, and the largest micro-batch that fits;
 3. train-step throughput at that micro-batch, Aurora (AdamW and the Aurora optimizer) against nanoGPT in PyTorch
-   (torch.compile, autocast bfloat16, fused AdamW, flash attention), with and without tinygrad's BEAM=2;
+   (torch.compile, autocast bfloat16, fused AdamW, flash attention), with and without tinygrad's BEAM=2, and beside
+   each Aurora step the least time its kernels can take on this GPU (the roofline of bench/gpu_model.py);
 4. decoding against Hugging Face transformers (bench/decode.py).
 Each part runs in its own process with a time limit; a part that fails or runs out of time is reported as such and
 the rest still run."""
@@ -66,6 +67,15 @@ def gpu_name(device: str) -> str:
   return device
 
 
+def target_of(name: str) -> str | None:
+  """The GPU's name in aurora_tg/backends/targets.py, from the name nvidia-smi gives ("NVIDIA H100 80GB HBM3": h100,
+  "NVIDIA A100-SXM4-40GB": a100-40gb, "NVIDIA GeForce RTX 4090": rtx4090), or None for a GPU it does not list."""
+  from aurora_tg.backends import targets
+  words = re.findall(r"[a-z0-9]+", name.lower())
+  names = set(words) | {a + b for a, b in zip(words, words[1:])}
+  return next((t for t in targets.TARGETS if all(part in names for part in t.split("-"))), None)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--device", default="CUDA", help="tinygrad backend of the GPU (default CUDA)")
@@ -85,7 +95,7 @@ def main():
     sections.append(plan_section := run("memory plan", [py, "-c", plan_step(args.size, args.device, args.dtype)], 110))
     batch = next(iter(re.findall(r"micro-batch (\d+)\n", plan_section)[-1:]), batch)
   throughput = [py, "bench/train_throughput.py", "--size", args.size, "--batch-size", batch, "--device", args.device,
-                "--dtype", args.dtype, "--optimizers", "adamw,aurora", "--steps", "10"]
+                "--dtype", args.dtype, "--optimizers", "adamw,aurora", "--steps", "10"] + (["--gpu", gpu] if (gpu := target_of(name)) else [])
   if "train" in parts:
     sections.append(run("train step", throughput, 80))
     sections.append(run("train step, BEAM=2", throughput, 100, env={"BEAM": "2"}))

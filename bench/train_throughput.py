@@ -34,8 +34,14 @@ def cpu_peak_flops() -> float:
 PEAK_FLOPS = {"CUDA": 989e12, "NV": 989e12}  # H100 SXM dense bf16; other accelerators: pass --peak-tflops
 
 
-def time_steps(step, n_steps: int) -> float:
-  step(); step()  # compile and capture
+def time_steps(step, n_steps: int, launched: list | None = None) -> float:
+  """Seconds a step, after two to compile and capture; the first one's kernel costs go to `launched` if given."""
+  if launched is None: step()
+  else:
+    from aurora_tg.backends.kernel_costs import kernel_costs
+    with kernel_costs() as costs: step()  # the jit's first call launches its kernels one by one
+    launched.extend(costs)
+  step()
   start = time.perf_counter()
   for _ in range(n_steps): step()
   return (time.perf_counter() - start) / n_steps
@@ -130,12 +136,17 @@ def main():
   p.add_argument("--devices", help="data parallel over these devices (CUDA:0,CUDA:1 or a count)")
   p.add_argument("--compare-devices", action="store_true", help="also time the same global batch on one device")
   p.add_argument("--peak-tflops", type=float, help="the device's peak, for MFU (default: known GPUs; on CPU numpy's matmul rate)")
+  p.add_argument("--gpu", help="the GPU it runs on, by its name in aurora_tg/backends/targets.py (h100, a100-80gb, ...): "
+                 "adds the least time its kernels can take there (the roofline, bench/gpu_model.py) beside the measured")
   args = p.parse_args()
   if args.device: os.environ["DEV"] = args.device.upper()
   from tinygrad import Device
   from aurora_tg.backends.devices import parse_devices, replay_jitted_steps
   replay_jitted_steps()  # as a training run does (CL: the graph runner)
   from aurora_tg.model import GPTConfig, PRESETS
+  from aurora_tg.backends import targets
+  from aurora_tg.tools import roofline
+  if args.gpu and args.gpu not in targets.TARGETS: p.error(f"unknown --gpu {args.gpu}; choose from {', '.join(targets.TARGETS)}")
   devices = parse_devices(args.devices)
   cfg = GPTConfig(**{"vocab_size": 50261, **PRESETS[args.size]})
   device = Device.DEFAULT
@@ -145,8 +156,12 @@ def main():
         f"batch {args.batch_size} x {cfg.block_size} = {tokens} tokens; {fpt * tokens / 1e9:.2f} GFLOP per step; peak {peak / 1e12:.3f} TFLOPS")
 
   where = f"{len(devices)} x {devices[0].split(':')[0]}" if devices else device
-  rows = [(f"aurora {name} (tinygrad, {where}, {args.dtype})", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype, devices, name), args.steps))
-          for name in args.optimizers.split(",")]
+  gpu = targets.TARGETS[args.gpu] if args.gpu else None
+  rows, modelled = [], {}
+  for name in args.optimizers.split(","):
+    launched = [] if gpu else None
+    rows.append((f"aurora {name} (tinygrad, {where}, {args.dtype})", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype, devices, name), args.steps, launched)))
+    if gpu: modelled[rows[-1][0]] = sum(roofline.bound(k, gpu) for k in launched)
   if args.compare_devices and devices:
     rows.append((f"  same batch on one {device}", time_steps(tinygrad_step(cfg, args.batch_size, args.dtype), args.steps)))
   if args.compare_fusion:  # the same step with every activation left for tinygrad to fuse into its consumers
@@ -160,11 +175,13 @@ def main():
     rows.append((f"nanoGPT-style PyTorch {torch.__version__} ({torch_device})", time_steps(torch_step(cfg, args.batch_size, args.dtype), args.steps)))
   except ImportError: print("PyTorch is not importable: no comparison row (pip install torch)")
 
-  print(f"\n| {'implementation':<40} | {'ms/step':>8} | {'tokens/s':>9} | {'MFU':>6} | {'vs PyTorch':>10} |")
-  print(f"|{'-' * 42}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 12}|")
+  least = f" {'least ms on ' + gpu.name:>16} |" if gpu else ""
+  print(f"\n| {'implementation':<40} | {'ms/step':>8} | {'tokens/s':>9} | {'MFU':>6} | {'vs PyTorch':>10} |{least}")
+  print(f"|{'-' * 42}|{'-' * 10}|{'-' * 11}|{'-' * 8}|{'-' * 12}|" + ("-" * 18 + "|" if gpu else ""))
   torch_time = rows[-1][1] if rows[-1][0].startswith("nanoGPT") else math.nan
   for name, t in rows:
-    print(f"| {name:<40} | {t * 1000:8.0f} | {tokens / t:9,.0f} | {fpt * tokens / t / peak:6.1%} | {torch_time / t:9.2f}x |")
+    least = (f" {modelled[name] * 1000:16.3f} |" if name in modelled else f" {'':>16} |") if gpu else ""
+    print(f"| {name:<40} | {t * 1000:8.0f} | {tokens / t:9,.0f} | {fpt * tokens / t / peak:6.1%} | {torch_time / t:9.2f}x |{least}")
 
 
 if __name__ == "__main__":
