@@ -74,4 +74,6 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  from aurora_tg import UserError
+  try: main()
+  except UserError as e: sys.exit(f"error: {e}")

@@ -97,8 +97,8 @@ def divisors(n: int) -> list[int]: return [d for d in range(1, n + 1) if n % d =
 
 def largest_fitting(model_cfg: GPTConfig, s: TrainSettings, device: str, memory_bytes: float, log=print) -> StepPlan:
   """The largest micro-batch whose step fits HEADROOM of memory_bytes, with grad_accum raised to keep the rows
-  (sequences) per optimizer step: the micro-batch divides them. Memory grows by the same bytes for every row a
-  micro-batch adds (GPT-2 124M in bfloat16: 5.19 GB + 1.91 GB a row, within 0.1% at 8 and 16 rows, bench/results/
+  (sequences) per optimizer step: the micro-batch divides them. Memory grows by nearly the same bytes for every row a
+  micro-batch adds (GPT-2 124M in bfloat16: 1.46 GB from one row to two, 1.95 GB a row from 8 to 32, bench/results/
   plan.md), so two small plans predict the size, and planning it checks the prediction (stepping down while it does
   not fit)."""
   rows, usable, tried = s.batch_size * s.grad_accum, HEADROOM * memory_bytes, {}
