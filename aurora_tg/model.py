@@ -276,7 +276,7 @@ class GPT:
     to the token embedding.
     With a KV cache (aurora_tg/inference/kv_cache.py), idx holds the tokens at the positions the cache gives, they
     attend to the keys it holds too, and only the tokens it picks give logits."""
-    return self.mask_padding(self.wte.project(self.hidden(idx, cache)))
+    return self._mask_padding(self.wte.project(self.hidden(idx, cache)))
 
   def hidden(self, idx: Tensor, cache=NO_CACHE) -> Tensor:
     """Token ids (B, T) -> the final hidden states (B, T, n_embd) the LM head reads (as __call__, less the head)."""
@@ -293,11 +293,10 @@ class GPT:
     for i, block in enumerate(self.h): x = block(x, rope, cache, i)
     return self.ln_f(cache.pick(x))
 
-  def mask_padding(self, logits: Tensor) -> Tensor:
-    """The logits of rows past the vocabulary (a padded head) made -inf, never chosen nor learned."""
+  def _mask_padding(self, logits: Tensor) -> Tensor:
+    """The logits of rows past the vocabulary (a head padded for decoding, TiedEmbedding.pad_rows) made -inf."""
     if logits.shape[-1] == self.cfg.vocab_size: return logits
-    # The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower (pad_rows), and
-    # training's head is padded for the tensor cores (project_padded)
+    # The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower
     return (Tensor.arange(logits.shape[-1]).to(logits.device) < self.cfg.vocab_size).where(logits, float("-inf"))
 
   @property
