@@ -92,6 +92,11 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
   return logits.float().sparse_categorical_crossentropy(targets, ignore_index=IGNORE_INDEX)
 
 
+def padding_masked(logits: Tensor, rows: int) -> Tensor:
+  """The logits with every column from `rows` on made -inf: a padded LM head's padding, never chosen nor learned."""
+  return (Tensor.arange(logits.shape[-1]).to(logits.device) < rows).where(logits, float("-inf"))
+
+
 class Linear:
   """y = x W^T + b, GPT-2 initialised (normal(0, std), zero bias)."""
   def __init__(self, n_in: int, n_out: int, bias: bool, std: float = 0.02):
@@ -255,8 +260,7 @@ class TiedEmbedding:
     copy and its gradient are stored whole, or tinygrad narrows the matmuls back to the odd width."""
     rows = self.weight.shape[0]
     if not (pad := -rows % multiple): return self.project(x)
-    logits = x @ self.weight.cast(x.dtype).pad(((0, pad), (0, 0))).contiguous_backward().contiguous().T
-    return (Tensor.arange(rows + pad).to(logits.device) < rows).where(logits, float("-inf"))
+    return padding_masked(x @ self.weight.cast(x.dtype).pad(((0, pad), (0, 0))).contiguous_backward().contiguous().T, rows)
 
 
 class GPT:
@@ -276,7 +280,10 @@ class GPT:
     to the token embedding.
     With a KV cache (aurora_tg/inference/kv_cache.py), idx holds the tokens at the positions the cache gives, they
     attend to the keys it holds too, and only the tokens it picks give logits."""
-    return self._mask_padding(self.wte.project(self.hidden(idx, cache)))
+    logits = self.wte.project(self.hidden(idx, cache))
+    # a head padded for decoding (TiedEmbedding.pad_rows) keeps its width: the sampler's kernels over GPT-2's odd
+    # 50,257 were several times slower
+    return logits if logits.shape[-1] == self.cfg.vocab_size else padding_masked(logits, self.cfg.vocab_size)
 
   def hidden(self, idx: Tensor, cache=NO_CACHE) -> Tensor:
     """Token ids (B, T) -> the final hidden states (B, T, n_embd) the LM head reads (as __call__, less the head)."""
@@ -293,12 +300,10 @@ class GPT:
     for i, block in enumerate(self.h): x = block(x, rope, cache, i)
     return self.ln_f(cache.pick(x))
 
-  def _mask_padding(self, logits: Tensor) -> Tensor:
-    """The logits of rows past the vocabulary (a head padded for decoding, TiedEmbedding.pad_rows) made -inf."""
-    if logits.shape[-1] == self.cfg.vocab_size: return logits
-    # The width stays padded: the sampler's kernels over GPT-2's odd 50,257 were several times slower
-    return (Tensor.arange(logits.shape[-1]).to(logits.device) < self.cfg.vocab_size).where(logits, float("-inf"))
-
+    logits = self.wte.project(self.hidden(idx, cache))
+    # a head padded for decoding (TiedEmbedding.pad_rows) keeps its width: the sampler's kernels over GPT-2's odd
+    # 50,257 were several times slower
+    return logits if logits.shape[-1] == self.cfg.vocab_size else padding_masked(logits, self.cfg.vocab_size)
   @property
   def head_rows(self) -> int:
     """The logits' width: the vocabulary, or more once the head is padded for decoding (TiedEmbedding.pad_rows, which
